@@ -1,0 +1,132 @@
+"""The multi-layer one-class objective shared by every dataset (paper section III, eqs. 2-6).
+
+A ``feature net`` is any module whose forward returns ``dict[int, Tensor (B, d)]``: one flat
+feature vector per selected layer, keyed by the layer index. Everything here works on such dicts,
+so CIFAR-10, MVTec AD and video use the same centroids, losses, radii and scores.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+BOUNDARIES = ("hard", "soft")
+CENTROID_EPS = 0.1  # Deep SVDD's rule: coordinates closer than this to 0 are pushed to +-eps
+
+
+def squared_distances(features: Tensor, center: Tensor) -> Tensor:
+    """Squared Euclidean distance of each row of ``features`` (B, d) to ``center`` (d,)."""
+    return ((features - center) ** 2).sum(dim=1)
+
+
+def hard_boundary_loss(dist: Tensor) -> Tensor:
+    """Eq. 3: mean squared distance to the centroid over the mini-batch."""
+    return dist.mean()
+
+
+def soft_boundary_loss(dist: Tensor, radius: Tensor | float, nu: float) -> Tensor:
+    """Eq. 2: R^2 + mean(max(0, d^2 - R^2)) / nu, with R a fixed (non-trainable) scalar."""
+    r2 = torch.as_tensor(radius, dtype=dist.dtype, device=dist.device) ** 2
+    return r2 + torch.clamp(dist - r2, min=0).mean() / nu
+
+
+def quantile_radius(dist: Tensor, nu: float) -> Tensor:
+    """Radius R = the (1 - nu) quantile of the distances d = sqrt(d^2) (linear interpolation)."""
+    return torch.quantile(dist.detach().float().sqrt(), 1.0 - nu)
+
+
+def push_from_zero(center: Tensor, eps: float = CENTROID_EPS) -> Tensor:
+    """Move coordinates with |c| < eps to -eps / +eps (exact zeros stay 0), as in Deep SVDD.
+
+    A coordinate at ~0 would let the network reach the centroid trivially with zero weights.
+    """
+    center = center.clone()
+    center[(center.abs() < eps) & (center < 0)] = -eps
+    center[(center.abs() < eps) & (center > 0)] = eps
+    return center
+
+
+@torch.no_grad()
+def compute_centroids(
+    feature_net: nn.Module, batches: Iterable[Tensor], eps: float = CENTROID_EPS
+) -> dict[int, Tensor]:
+    """Per-layer mean feature over all normal training batches, in one pass with the net in eval mode."""
+    was_training = feature_net.training
+    feature_net.eval()
+    sums: dict[int, Tensor] = {}
+    count = 0
+    for x in batches:
+        feats = feature_net(x)
+        for k, f in feats.items():
+            s = f.float().sum(dim=0)
+            sums[k] = sums[k] + s if k in sums else s
+        count += x.shape[0]
+    feature_net.train(was_training)
+    if count == 0:
+        raise ValueError("cannot compute centroids from an empty training set")
+    return {k: push_from_zero(s / count, eps) for k, s in sums.items()}
+
+
+class MultiLayerObjective(nn.Module):
+    """Centroids c_j and radii R_j of the chosen layers, and what is computed from them.
+
+    Buffers (saved in checkpoints): ``center_<j>`` and ``radius_<j>`` per layer index j.
+    """
+
+    def __init__(self, centers: Mapping[int, Tensor], boundary: str = "soft", nu: float = 0.1):
+        super().__init__()
+        if boundary not in BOUNDARIES:
+            raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+        if not 0.0 < nu <= 1.0:
+            raise ValueError(f"nu must be in (0, 1], got {nu}")
+        self.boundary = boundary
+        self.nu = nu
+        self.layer_indices = [int(k) for k in centers]
+        for k, c in centers.items():
+            self.register_buffer(f"center_{k}", c.detach().float().clone())
+            self.register_buffer(f"radius_{k}", torch.zeros((), dtype=torch.float32))
+
+    def center(self, k: int) -> Tensor:
+        return getattr(self, f"center_{k}")
+
+    def radius(self, k: int) -> Tensor:
+        return getattr(self, f"radius_{k}")
+
+    def radii(self) -> dict[int, float]:
+        return {k: float(self.radius(k)) for k in self.layer_indices}
+
+    def distances(self, features: Mapping[int, Tensor]) -> dict[int, Tensor]:
+        """Squared distance to the centroid per layer: {j: (B,)}."""
+        return {k: squared_distances(features[k].float(), self.center(k)) for k in self.layer_indices}
+
+    def loss(self, distances: Mapping[int, Tensor]) -> Tensor:
+        """Eq. 4 without the weight decay (that lives in the optimizer): mean over layers."""
+        if self.boundary == "hard":
+            per_layer = [hard_boundary_loss(distances[k]) for k in self.layer_indices]
+        else:
+            per_layer = [soft_boundary_loss(distances[k], self.radius(k), self.nu) for k in self.layer_indices]
+        return torch.stack(per_layer).mean()
+
+    @torch.no_grad()
+    def update_radii(self, distances: Mapping[int, Tensor]) -> None:
+        """Re-estimate every R_j as the (1 - nu) quantile of this mini-batch's distances."""
+        for k in self.layer_indices:
+            self.radius(k).copy_(quantile_radius(distances[k], self.nu))
+
+    def layer_scores(self, distances: Mapping[int, Tensor]) -> dict[int, Tensor]:
+        """Eq. 6 per layer: d^2 (hard) or d^2 - R^2 (soft)."""
+        if self.boundary == "hard":
+            return {k: distances[k] for k in self.layer_indices}
+        return {k: distances[k] - self.radius(k) ** 2 for k in self.layer_indices}
+
+    def combined_score(self, layer_scores: Mapping[int, Tensor]) -> Tensor:
+        """Eq. 6: the mean of the per-layer scores."""
+        return torch.stack([layer_scores[k] for k in self.layer_indices]).mean(dim=0)
+
+
+def max_over_patches(scores: Tensor, patches_per_image: int) -> Tensor:
+    """Eq. 7: image score = max over its patches; ``scores`` holds patches of one image contiguously."""
+    if scores.shape[0] % patches_per_image:
+        raise ValueError(f"{scores.shape[0]} patch scores is not a multiple of {patches_per_image}")
+    return scores.reshape(-1, patches_per_image).amax(dim=1)

@@ -1,0 +1,177 @@
+"""The two-stage image pipeline (CIFAR-10, MVTec AD): pretrain -> centroids -> one-class -> test.
+
+An entry script describes its data and model in an ``ImageExperiment``; this module runs the
+stages the flags ask for (-ptr, -tr, -tt), hands checkpoints from one stage to the next, and
+writes the run folder.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from trainers.engine import StageSettings
+from trainers.evaluate import score_and_evaluate, test_distances
+from trainers.objective import MultiLayerObjective, compute_centroids
+from trainers.one_class import ONE_CLASS_KIND, OneClassModel, train_one_class
+from trainers.pretrain import AE_KIND, pretrain_autoencoder
+from utils import results
+from utils.batching import TensorSource
+from utils.checkpoint import load_checkpoint
+from utils.errors import UserError
+from utils.runtime import environment, pick_device, set_seed
+
+DEBUG_BATCHES = 5
+
+
+@dataclass
+class ImageExperiment:
+    """What an entry script supplies: data (resident tensors) and how to build the models."""
+
+    dataset: str
+    class_name: str
+    train: TensorSource
+    test: TensorSource
+    test_labels: np.ndarray
+    make_autoencoder: Callable[[], nn.Module]  # the AE must expose ``.encoder``
+    make_feature_net: Callable[[nn.Module, list[int]], nn.Module]  # (encoder, layers) -> feature net
+    arch: dict[str, Any]  # settings that fix weight shapes (checked when loading checkpoints)
+    valid_layers: Sequence[int]
+    patches_per_image: int | None = None  # MVTec textures: image score = max over patches
+    test_columns: dict[str, Sequence[Any]] = field(default_factory=dict)  # extra columns for scores.csv
+    summary: dict[str, Any] = field(default_factory=dict)  # extra fields for metrics.json
+
+
+def choose_layers(config: dict[str, Any], valid: Sequence[int]) -> list[int]:
+    """-ile as given (any order, no repeats); an empty list means the last layer only (the authors' default)."""
+    layers = [int(k) for k in config["idx_list_enc"]] or [int(valid[-1])]
+    bad = [k for k in layers if k not in valid]
+    if bad or len(set(layers)) != len(layers):
+        raise UserError(f"-ile {' '.join(map(str, layers))}: layer indices must be distinct values from "
+                        f"{list(valid)}")
+    return layers
+
+
+def _stage(config: dict[str, Any], name: str, prefix: str) -> StageSettings:
+    p = "ae_" if prefix == "ae" else ""
+    return StageSettings(
+        name=name,
+        epochs=int(config[f"{p}epochs"]),
+        learning_rate=float(config[f"{p}learning_rate"]),
+        weight_decay=float(config[f"{p}weight_decay"]),
+        milestones=[int(m) for m in config[f"{p}lr_milestones"]],
+        progress=not config.get("no_progress", False),
+        amp=bool(config.get("amp", False)),
+    )
+
+
+def run_two_stage(exp: ImageExperiment, config: dict[str, Any], log: Callable[[str], None] = print) -> dict | None:
+    """Run the stages chosen by -ptr/-tr/-tt; return the metrics when the test stage ran."""
+    if not (config["pretrain"] or config["train"] or config["test"]):
+        raise UserError("nothing to do: add -ptr (pretrain), -tr (train) and/or -tt (test)")
+    device = pick_device(config["device"])
+    seed = int(config["seed"])
+    set_seed(seed)
+    layers = choose_layers(config, exp.valid_layers)
+    run_dir = results.run_dir_for(config, exp.dataset, exp.class_name, layers)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results.write_config(run_dir, config, environment(device))
+    log(f"run folder: {run_dir}")
+    limit = DEBUG_BATCHES if config["debug"] else None
+    bs = int(config["batch_size"])
+    channels_last = bool(config.get("channels_last")) and exp.train.data.dim() == 4
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    prepare = (lambda x: x.contiguous(memory_format=fmt)) if channels_last else (lambda x: x)
+    train = TensorSource(exp.train.data.to(device), exp.train.transform)
+    timings: dict[str, float] = {}
+
+    def build_ae() -> nn.Module:
+        return exp.make_autoencoder().to(device, memory_format=fmt)
+
+    ae_path = run_dir / results.AE_CHECKPOINT
+    if config["pretrain"]:
+        ae = build_ae()
+        t0 = time.perf_counter()
+        history = pretrain_autoencoder(ae, train, _stage(config, "pretrain", "ae"), bs, ae_path, exp.arch, seed,
+                                       resume=config["resume"], device=device, limit=limit, prepare=prepare, log=log)
+        timings["pretrain_s"] = time.perf_counter() - t0
+        results.write_history(run_dir / "pretrain_log.csv", history)
+    elif config["train"]:
+        if not config["model_ckp"]:
+            raise UserError("-tr without -ptr needs -ck <AE checkpoint (ae.pt of an earlier run)>")
+        ae_path = Path(config["model_ckp"])
+
+    model_path = run_dir / results.MODEL_CHECKPOINT
+    model: OneClassModel | None = None
+    if config["train"]:
+        ae = build_ae()
+        ae.load_state_dict(load_checkpoint(ae_path, AE_KIND, exp.arch)["state"])
+        net = exp.make_feature_net(ae.encoder, layers).to(device, memory_format=fmt)  # encoder starts pretrained
+        t0 = time.perf_counter()
+        centers = compute_centroids(net, (prepare(x) for x in train.batches(bs, limit=limit)))
+        timings["centroids_s"] = time.perf_counter() - t0
+        model = OneClassModel(net, MultiLayerObjective(centers, config["boundary"], float(config["nu"]))).to(device)
+        oc_arch = {**exp.arch, "layers": layers, "boundary": config["boundary"], "nu": float(config["nu"])}
+        t0 = time.perf_counter()
+        history = train_one_class(model, train, _stage(config, "train", "oc"), bs, int(config["warm_up_n_epochs"]),
+                                  model_path, oc_arch, seed, resume=config["resume"], device=device, limit=limit,
+                                  prepare=prepare, log=log)
+        timings["train_s"] = time.perf_counter() - t0
+        results.write_history(run_dir / "train_log.csv", history)
+    elif config["test"]:
+        if not config["model_ckp"]:
+            raise UserError("-tt without -tr needs -ck <trained checkpoint (model.pt of an earlier run)>")
+        model = load_one_class_model(Path(config["model_ckp"]), exp, device, fmt)
+
+    if not config["test"]:
+        return None
+    assert model is not None
+    test = TensorSource(exp.test.data.to(device), exp.test.transform)
+    t0 = time.perf_counter()
+    dist = test_distances(model.net, model.objective, test.batches(bs, limit=limit), prepare=prepare)
+    timings["test_s"] = time.perf_counter() - t0
+    labels = exp.test_labels
+    if limit is not None:
+        n = len(next(iter(dist.values())))
+        labels = labels[: n // (exp.patches_per_image or 1)]
+    try:
+        scored = score_and_evaluate(model.objective, dist, labels, exp.patches_per_image)
+    except ValueError as err:
+        raise UserError(f"cannot evaluate: {err}") from err
+    n = len(labels)
+    extra = {k: list(v)[:n] for k, v in exp.test_columns.items()}
+    results.write_scores(run_dir / results.SCORES_FILE, labels, scored.scores, scored.layer_scores, extra)
+    metrics = {
+        "dataset": exp.dataset, "class": exp.class_name, "boundary": model.objective.boundary,
+        "layers": list(model.objective.layer_indices), "nu": model.objective.nu, "seed": seed,
+        "auc": scored.metrics["auc"], "max_ba": scored.metrics["max_ba"],
+        "per_layer": scored.metrics["per_layer"], "score_std": scored.metrics["score_std"],
+        "radii": model.objective.radii(), "n_test": n, "n_anomalous": int(np.sum(labels)),
+        "timings": timings, "device": str(device), **exp.summary,
+    }
+    results.write_metrics(run_dir, metrics)
+    log(f"[test] {exp.dataset} {exp.class_name} {metrics['boundary']} layers {metrics['layers']}: "
+        f"AUC {metrics['auc']:.4f}  maxBA {metrics['max_ba']:.4f}  (n={n}) -> {run_dir / results.METRICS_FILE}")
+    return metrics
+
+
+def load_one_class_model(path: Path, exp: ImageExperiment, device: torch.device,
+                         fmt: torch.memory_format = torch.contiguous_format) -> OneClassModel:
+    """Rebuild a trained model from its checkpoint (layers, boundary and nu are read from it)."""
+    ckpt = load_checkpoint(path, ONE_CLASS_KIND)
+    saved = ckpt["arch"]
+    diff = {k: (saved.get(k), v) for k, v in exp.arch.items() if saved.get(k) != v}
+    if diff:
+        text = ", ".join(f"{k}: checkpoint {a!r} vs this run {b!r}" for k, (a, b) in diff.items())
+        raise UserError(f"checkpoint {path} is for another architecture ({text}); pass matching flags")
+    layers = [int(k) for k in saved["layers"]]
+    net = exp.make_feature_net(exp.make_autoencoder().encoder, layers)
+    dummy = {k: torch.zeros_like(ckpt["state"][f"objective.center_{k}"]) for k in layers}
+    model = OneClassModel(net, MultiLayerObjective(dummy, saved["boundary"], float(saved["nu"])))
+    model.load_state_dict(ckpt["state"])
+    return model.to(device, memory_format=fmt)

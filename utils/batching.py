@@ -1,0 +1,43 @@
+"""Mini-batches from tensors that are already decoded and resident (on the CPU or the GPU).
+
+No DataLoader, no per-sample Python work: a permutation is drawn once per epoch and batches are
+slices of one tensor. Augmentation, if any, runs on whole batches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch import Tensor
+
+BatchTransform = Callable[[Tensor, Optional[torch.Generator]], Tensor]
+
+
+@dataclass
+class TensorSource:
+    """A resident training/test set plus an optional batch transform (e.g. uint8 -> float, augment)."""
+
+    data: Tensor
+    transform: BatchTransform | None = None
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def n_batches(self, batch_size: int, limit: int | None = None) -> int:
+        n = -(-len(self) // batch_size)
+        return min(n, limit) if limit else n
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+                limit: int | None = None, drop_singleton: bool = False) -> Iterator[Tensor]:
+        """Yield batches; ``drop_singleton`` skips a final batch of one sample (BatchNorm cannot train on it)."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator).to(self.data.device) if shuffle else None
+        for i, start in enumerate(range(0, n, batch_size)):
+            if limit is not None and i >= limit:
+                return
+            stop = min(start + batch_size, n)
+            if drop_singleton and stop - start == 1 and n > 1:
+                return
+            x = self.data[order[start:stop]] if order is not None else self.data[start:stop]
+            yield self.transform(x, generator) if self.transform is not None else x

@@ -1,0 +1,71 @@
+"""Atomic file writing and the user cache directory.
+
+Every artefact the project writes (checkpoints, metrics, caches) goes through these helpers so
+a killed run never leaves a half-written file behind: data goes to a temporary file in the same
+folder and is renamed into place.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def cache_dir() -> Path:
+    """Root of the user cache (decoded images, preprocessed frames): $MOCCA_CACHE or ~/.cache/mocca."""
+    root = os.environ.get("MOCCA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mocca")
+    return Path(root)
+
+
+def cache_key(*parts: Any) -> str:
+    """A short stable hash of the things a cached result depends on (paths, sizes, file mtimes)."""
+    return hashlib.sha1(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:16]
+
+
+def cached_array(name: str, key: str, build: Callable[[], np.ndarray]) -> np.ndarray:
+    """Load ``<cache>/<name>-<key>.npy`` or build it once and store it atomically.
+
+    The returned array is memory-mapped read-only when it came from disk, so a large cache does not
+    need to fit twice in RAM.
+    """
+    path = cache_dir() / f"{name}-{key}.npy"
+    if path.exists():
+        try:
+            return np.load(path, mmap_mode="r")
+        except (ValueError, OSError):
+            path.unlink(missing_ok=True)  # corrupt cache entry: rebuild it
+    array = build()
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+    return array
