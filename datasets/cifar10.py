@@ -61,7 +61,7 @@ def min_max_scale(x: Tensor, normal_class: int) -> Tensor:
 
 def preprocess(images_uint8_nhwc: np.ndarray, normal_class: int) -> Tensor:
     """uint8 (N, 32, 32, 3) -> float32 (N, 3, 32, 32): ToTensor, GCN-L1, per-class min-max."""
-    x = torch.from_numpy(np.ascontiguousarray(images_uint8_nhwc)).permute(0, 3, 1, 2).float() / 255.0
+    x = torch.from_numpy(np.array(images_uint8_nhwc)).permute(0, 3, 1, 2).float() / 255.0  # copy: cache is read-only
     return min_max_scale(global_contrast_normalization(x), normal_class).contiguous()
 
 

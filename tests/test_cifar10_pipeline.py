@@ -1,0 +1,101 @@
+"""main_cifar10.py end to end on tiny generated data: stages, run folder, resume, error paths."""
+import csv
+import json
+
+import pytest
+import torch
+
+from main_cifar10 import main
+from tests.cifar_fixtures import make_cifar_folder
+
+FAST = ["--preset", "cpu", "-ae", "2", "-e", "2", "-we", "1", "-bs", "16", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return make_cifar_folder(tmp_path_factory.mktemp("cifar"), n_train=40, n_test=8)
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("MOCCA_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def run(data_root, run_dir, *flags):
+    return main(["-dp", str(data_root), "-nc", "1", "--run-dir", str(run_dir), *FAST, *flags])
+
+
+def test_all_stages_write_a_complete_run_folder(data_root, tmp_path):
+    metrics = run(data_root, tmp_path / "r", "-ptr", "-tr", "-tt", "-bd", "soft", "-ile", "3", "0")
+    files = {p.name for p in (tmp_path / "r").iterdir()}
+    assert {"config.yaml", "env.json", "ae.pt", "model.pt", "metrics.json", "scores.csv",
+            "pretrain_log.csv", "train_log.csv"} <= files
+    saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert saved["auc"] == pytest.approx(metrics["auc"]) and saved["layers"] == [3, 0]
+    assert set(saved["per_layer"]) == {"3", "0"}
+    with open(tmp_path / "r" / "scores.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 80 and set(rows[0]) == {"index", "label", "score", "score_layer_3", "score_layer_0", "class"}
+    # soft boundary: radii were re-estimated after the warm-up epoch
+    assert all(r > 0 for r in saved["radii"].values())
+
+
+def test_scores_not_constant_and_centroids_not_zero(data_root, tmp_path):
+    """Guard against the collapse where every sample maps to the centre (all scores equal)."""
+    run(data_root, tmp_path / "r", "-ptr", "-tr", "-tt", "-bd", "hard")
+    model = torch.load(tmp_path / "r" / "model.pt", weights_only=False)["state"]
+    centers = [v for k, v in model.items() if k.startswith("objective.center_")]
+    assert centers and all(c.abs().min() > 0 for c in centers)
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["score_std"] > 1e-6
+
+
+def test_stages_run_separately_from_checkpoints(data_root, tmp_path):
+    run(data_root, tmp_path / "a", "-ptr")
+    run(data_root, tmp_path / "b", "-tr", "-ck", str(tmp_path / "a" / "ae.pt"))
+    m = run(data_root, tmp_path / "c", "-tt", "-ck", str(tmp_path / "b" / "model.pt"))
+    together = run(data_root, tmp_path / "d", "-ptr", "-tr", "-tt")
+    assert m["auc"] == pytest.approx(together["auc"])  # same seed, same result
+
+
+def test_resume_continues_a_killed_run(data_root, tmp_path):
+    straight = run(data_root, tmp_path / "s", "-ptr", "-tr", "-tt", "-ae", "3")
+    run(data_root, tmp_path / "k", "-ptr", "-ae", "1")  # a run "killed" after one epoch
+    resumed = run(data_root, tmp_path / "k", "-ptr", "-tr", "-tt", "-ae", "3", "--resume")
+    assert resumed["auc"] == pytest.approx(straight["auc"], abs=1e-6)
+    log = (tmp_path / "k" / "pretrain_log.csv").read_text().splitlines()
+    assert len(log) == 4  # header + 3 epochs, the first one from before the "kill"
+
+
+def expect_user_error(capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    return err[0]
+
+
+def test_cli_error_paths(data_root, tmp_path, capsys):
+    base = ["--run-dir", str(tmp_path / "e"), *FAST]
+    assert "0-9" in expect_user_error(capsys, ["-dp", str(data_root), "-nc", "12", "-ptr", *base])
+    assert "does not exist" in expect_user_error(capsys, ["-dp", str(tmp_path / "nope"), "-nc", "1", "-ptr", *base])
+    assert "nothing to do" in expect_user_error(capsys, ["-dp", str(data_root), "-nc", "1", *base])
+    assert "needs -ck" in expect_user_error(capsys, ["-dp", str(data_root), "-nc", "1", "-tr", *base])
+
+
+def test_checkpoint_from_another_architecture(data_root, tmp_path, capsys):
+    run(data_root, tmp_path / "a", "-ptr", "-zl", "64")
+    msg = expect_user_error(capsys, ["-dp", str(data_root), "-nc", "1", "-tr", "-zl", "128",
+                                     "-ck", str(tmp_path / "a" / "ae.pt"), "--run-dir", str(tmp_path / "b"), *FAST])
+    assert "another architecture" in msg and "code_length" in msg
+    assert not (tmp_path / "b" / "model.pt").exists()
+    (tmp_path / "junk.pt").write_bytes(b"\x00garbage")
+    assert "cannot be read" in expect_user_error(
+        capsys, ["-dp", str(data_root), "-nc", "1", "-tt", "-ck", str(tmp_path / "junk.pt"), *FAST])
+
+
+def test_nan_loss_stops_with_a_clear_error(data_root, tmp_path, capsys):
+    msg = expect_user_error(capsys, ["-dp", str(data_root), "-nc", "1", "-ptr", "-alr", "1e30",
+                                     "--run-dir", str(tmp_path / "n"), *FAST])
+    assert "loss became" in msg
+    assert not list((tmp_path / "n").glob("*.tmp"))

@@ -1,0 +1,90 @@
+"""The multi-layer objective against hand-computed values."""
+import pytest
+import torch
+
+from trainers.objective import (
+    MultiLayerObjective,
+    compute_centroids,
+    hard_boundary_loss,
+    max_over_patches,
+    push_from_zero,
+    quantile_radius,
+    soft_boundary_loss,
+    squared_distances,
+)
+
+
+def test_squared_distance_by_hand():
+    f = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    c = torch.tensor([1.0, 0.0])
+    assert squared_distances(f, c).tolist() == [4.0, 1.0]
+
+
+def test_hard_loss_is_mean_squared_distance():
+    assert hard_boundary_loss(torch.tensor([1.0, 3.0, 8.0])).item() == pytest.approx(4.0)
+
+
+def test_soft_loss_by_hand():
+    # R = 2 -> R^2 = 4; excess over R^2: [0, 0, 4, 12] -> mean 4; nu = 0.5 -> 4 + 4 / 0.5 = 12
+    dist = torch.tensor([1.0, 4.0, 8.0, 16.0])
+    assert soft_boundary_loss(dist, 2.0, 0.5).item() == pytest.approx(12.0)
+
+
+def test_soft_loss_with_zero_radius_is_mean_over_nu():
+    dist = torch.tensor([1.0, 3.0])
+    assert soft_boundary_loss(dist, 0.0, 0.1).item() == pytest.approx(20.0)
+
+
+def test_radius_is_quantile_of_distances_not_squares():
+    dist = torch.arange(1, 11, dtype=torch.float32) ** 2  # sqrt -> 1..10
+    # numpy-style linear interpolation: 0.9 quantile of 1..10 = 1 + 0.9 * 9 = 9.1
+    assert quantile_radius(dist, 0.1).item() == pytest.approx(9.1)
+
+
+def test_centroid_eps_rule():
+    c = torch.tensor([0.05, -0.05, 0.0, 0.5, -0.3, 0.1])
+    assert push_from_zero(c, 0.1).tolist() == pytest.approx([0.1, -0.1, 0.0, 0.5, -0.3, 0.1])
+
+
+class TwoLayerNet(torch.nn.Module):
+    def forward(self, x):
+        return {0: x, 2: 2 * x}
+
+
+def test_centroids_are_means_over_all_batches():
+    data = [torch.tensor([[1.0, 3.0]]), torch.tensor([[3.0, 5.0], [2.0, 4.0]])]
+    centers = compute_centroids(TwoLayerNet(), data)
+    assert centers[0].tolist() == pytest.approx([2.0, 4.0])
+    assert centers[2].tolist() == pytest.approx([4.0, 8.0])
+
+
+def test_objective_loss_is_mean_over_layers_and_scores_follow_eq6():
+    obj = MultiLayerObjective({0: torch.zeros(2), 2: torch.ones(2)}, boundary="hard")
+    feats = {0: torch.tensor([[1.0, 1.0]]), 2: torch.tensor([[1.0, 3.0]])}
+    dist = obj.distances(feats)
+    assert dist[0].item() == 2.0 and dist[2].item() == 4.0
+    assert obj.loss(dist).item() == pytest.approx(3.0)
+    assert obj.combined_score(obj.layer_scores(dist)).item() == pytest.approx(3.0)
+
+
+def test_soft_scores_subtract_squared_radius_and_radius_updates():
+    obj = MultiLayerObjective({1: torch.zeros(1)}, boundary="soft", nu=0.5)
+    dist = {1: torch.tensor([1.0, 9.0])}  # distances 1 and 3 -> median 2
+    obj.update_radii(dist)
+    assert obj.radii()[1] == pytest.approx(2.0)
+    assert obj.layer_scores(dist)[1].tolist() == pytest.approx([-3.0, 5.0])
+    assert "radius_1" in obj.state_dict() and "center_1" in obj.state_dict()
+
+
+def test_bad_boundary_and_nu_are_rejected():
+    with pytest.raises(ValueError):
+        MultiLayerObjective({0: torch.zeros(1)}, boundary="medium")
+    with pytest.raises(ValueError):
+        MultiLayerObjective({0: torch.zeros(1)}, nu=0.0)
+
+
+def test_max_over_patches():
+    scores = torch.tensor([1.0, 5.0, 2.0, 0.0, -1.0, 3.0])
+    assert max_over_patches(scores, 3).tolist() == [5.0, 3.0]
+    with pytest.raises(ValueError):
+        max_over_patches(scores, 4)
