@@ -131,20 +131,18 @@ def run_two_stage(exp: ImageExperiment, config: dict[str, Any], log: Callable[[s
     if not config["test"]:
         return None
     assert model is not None
-    test = TensorSource(exp.test.data.to(device), exp.test.transform)
+    keep = debug_subset(len(exp.test_labels), limit * bs, seed) if limit is not None else np.arange(len(exp.test_labels))
+    test = TensorSource(exp.test.data[torch.from_numpy(keep)].to(device), exp.test.transform)
+    labels = exp.test_labels[keep]
     t0 = time.perf_counter()
-    dist = test_distances(model.net, model.objective, test.batches(bs, limit=limit), prepare=prepare)
+    dist = test_distances(model.net, model.objective, test.batches(bs), prepare=prepare)
     timings["test_s"] = time.perf_counter() - t0
-    labels = exp.test_labels
-    if limit is not None:
-        n = len(next(iter(dist.values())))
-        labels = labels[: n // (exp.patches_per_image or 1)]
     try:
         scored = score_and_evaluate(model.objective, dist, labels, exp.patches_per_image)
     except ValueError as err:
         raise UserError(f"cannot evaluate: {err}") from err
     n = len(labels)
-    extra = {k: list(v)[:n] for k, v in exp.test_columns.items()}
+    extra = {k: np.asarray(list(v), dtype=object)[keep].tolist() for k, v in exp.test_columns.items()}
     results.write_scores(run_dir / results.SCORES_FILE, labels, scored.scores, scored.layer_scores, extra)
     metrics = {
         "dataset": exp.dataset, "class": exp.class_name, "boundary": model.objective.boundary,
@@ -158,6 +156,12 @@ def run_two_stage(exp: ImageExperiment, config: dict[str, Any], log: Callable[[s
     log(f"[test] {exp.dataset} {exp.class_name} {metrics['boundary']} layers {metrics['layers']}: "
         f"AUC {metrics['auc']:.4f}  maxBA {metrics['max_ba']:.4f}  (n={n}) -> {run_dir / results.METRICS_FILE}")
     return metrics
+
+
+def debug_subset(n: int, size: int, seed: int) -> np.ndarray:
+    """A fixed random subset of the test set for -db (the test set is ordered by class, a prefix is not)."""
+    rng = np.random.default_rng(max(seed, 0))
+    return np.sort(rng.permutation(n)[: min(n, size)])
 
 
 def load_one_class_model(path: Path, exp: ImageExperiment, device: torch.device,
