@@ -132,7 +132,8 @@ def test_backward_reaches_encoder_decoder_and_heads():
     recon, features = model(clip)
     loss = reconstruction_error(clip, recon).mean() + sum(f.pow(2).sum(1).mean() for f in features.values())
     loss.backward()
-    for name in ("encoder.blocks.0.f1.weight", "decoder.to_rgb.weight", "lstms.2.weight_ih_l0", "selectors.2.fc2.weight"):
+    names = ("encoder.blocks.0.f1.weight", "decoder.to_rgb.weight", "lstms.2.weight_ih_l0", "selectors.2.fc2.weight")
+    for name in names:
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
 

@@ -198,10 +198,24 @@ def test_label_length_mismatch_is_user_error(tmp_path):
         V.labels_for_clips(["01"], [20], intervals=[np.array([[5], [21]])])
 
 
-def test_missing_labels_is_user_error(tmp_path):
+def test_missing_or_corrupt_labels_is_user_error(tmp_path):
     make_frames_dataset(tmp_path, write_labels=False)
     with pytest.raises(UserError, match="--labels"):
         V.load_test_set(tmp_path, "ped2", size=(12, 16))
+    (tmp_path / "frame_labels_ped2.npy").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="cannot read labels"):
+        V.load_test_set(tmp_path, "ped2", size=(12, 16))
+    with pytest.raises(UserError, match="does not exist"):
+        V.load_test_set(tmp_path, "ped2", size=(12, 16), labels_path=tmp_path / "nope.npy")
+
+
+def test_shanghaitech_accepts_a_concatenated_label_file(tmp_path):
+    info = make_authors_shanghaitech(tmp_path)
+    names = sorted(info["test"])
+    np.save(tmp_path / "all.npy", np.concatenate([info["masks"][n] for n in names]))
+    labels = V.load_test_labels(tmp_path, "shanghaitech", names, [info["test"][n] for n in names], tmp_path / "all.npy")
+    for name, y in zip(names, labels):
+        np.testing.assert_array_equal(y, info["masks"][name])
 
 
 def test_partial_test_set_sliced_with_full_lengths():

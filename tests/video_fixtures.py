@@ -126,7 +126,8 @@ def make_authors_shanghaitech(
     height, width = size
     for split, clips in (("training", train), ("testing", test)):
         for i, (clip, n) in enumerate(clips.items()):
-            write_frames(root / split / "nobackground_frames_resized" / clip, moving_square_video(n, height, width, seed=i))
+            folder = root / split / "nobackground_frames_resized" / clip
+            write_frames(folder, moving_square_video(n, height, width, seed=i))
     masks = {clip: frame_labels(n, i) for i, (clip, n) in enumerate(test.items())}
     (root / "testing" / "test_frame_mask").mkdir(parents=True, exist_ok=True)
     for clip, mask in masks.items():

@@ -20,9 +20,10 @@ class TensorSource:
 
     data: Tensor
     transform: BatchTransform | None = None
+    samples_per_epoch: int | None = None  # draw this many per epoch (several passes, each reshuffled)
 
     def __len__(self) -> int:
-        return int(self.data.shape[0])
+        return int(self.samples_per_epoch or self.data.shape[0])
 
     def n_batches(self, batch_size: int, limit: int | None = None) -> int:
         n = -(-len(self) // batch_size)
@@ -32,7 +33,7 @@ class TensorSource:
                 limit: int | None = None, drop_singleton: bool = False) -> Iterator[Tensor]:
         """Yield batches; ``drop_singleton`` skips a final batch of one sample (BatchNorm cannot train on it)."""
         n = len(self)
-        order = torch.randperm(n, generator=generator).to(self.data.device) if shuffle else None
+        order = self._order(n, generator) if shuffle or n != self.data.shape[0] else None
         for i, start in enumerate(range(0, n, batch_size)):
             if limit is not None and i >= limit:
                 return
@@ -41,3 +42,9 @@ class TensorSource:
                 return
             x = self.data[order[start:stop]] if order is not None else self.data[start:stop]
             yield self.transform(x, generator) if self.transform is not None else x
+
+    def _order(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """``n`` indices: as many fresh permutations of the data as needed (the authors' replicated set)."""
+        size = int(self.data.shape[0])
+        passes = [torch.randperm(size, generator=generator) for _ in range(-(-n // size))]
+        return torch.cat(passes)[:n].to(self.data.device)

@@ -76,6 +76,27 @@ def cifar10_parser() -> argparse.ArgumentParser:
     return p
 
 
+def mvtec_parser() -> argparse.ArgumentParser:
+    from datasets.mvtec import MVTEC_CATEGORIES
+
+    p = argparse.ArgumentParser("main_mvtec.py", description="MOCCA on MVTec AD (one category = normal)")
+    _common_flags(p, code_length=64, batch_size=128, warm_up=5)
+    p.add_argument("-dp", "--data-path", dest="data_path", type=str, default="./MVTec_Anomaly",
+                   help="MVTec AD root holding the category folders")
+    p.add_argument("-nc", "--normal-class", dest="normal_class", default="cable",
+                   metavar="CATEGORY", help=f"one of: {', '.join(MVTEC_CATEGORIES)}")
+    p.add_argument("-lf", "--log-frequency", dest="log_frequency", type=int, default=5, help="accepted; one line per epoch")
+    p.add_argument("-dl", "--disable-logging", dest="disable_logging", action="store_true", default=False)
+    p.add_argument("-ba", "--batch-accumulation", dest="batch_accumulation", type=int, default=-1,
+                   help="optimizer step every N mini-batches (-1: every batch); not implemented, must be -1")
+    p.add_argument("-mt", "--metric", type=int, choices=[1, 2], default=2, help="accepted; unused (as the authors)")
+    p.add_argument("--image-size", dest="image_size", type=int, default=128,
+                   help="side of the resized object images (paper: 128; smaller is a CPU shortcut); textures: 512")
+    p.add_argument("--samples-per-epoch", dest="samples_per_epoch", type=int, default=50000,
+                   help="augmented training samples per epoch (authors: a cache of 50,000)")
+    return p
+
+
 def _explicit_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> dict[str, Any]:
     """The flags actually typed on the command line (a copy of the parser with no defaults)."""
     bare = copy.deepcopy(parser)
@@ -105,15 +126,20 @@ def _apply(config: dict[str, Any], values: dict[str, Any], source: str) -> None:
         config[key] = value
 
 
-def resolve_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Defaults < YAML < presets < explicit flags, as one dict."""
+def resolve_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
+                   class_key: str = "normal_class") -> dict[str, Any]:
+    """Defaults < YAML < the YAML's ``per_class`` section of the chosen class < presets < explicit flags."""
     args = parser.parse_args(argv)
     explicit = _explicit_flags(parser, argv)
     config = {k: v for k, v in vars(args).items() if k not in _META_KEYS}
     if args.config:
         data = load_yaml(args.config)
         presets = data.pop("presets", {}) or {}
+        per_class = data.pop("per_class", {}) or {}
         _apply(config, data, args.config)
+        chosen = explicit.get(class_key, config.get(class_key))
+        if chosen in per_class:
+            _apply(config, per_class[chosen], f"{args.config} per_class {chosen!r}")
         for name in args.preset:
             if name not in presets:
                 raise UserError(f"preset {name!r} not in {args.config}; available: {', '.join(presets) or 'none'}")
@@ -124,3 +150,42 @@ def resolve_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None =
     config["config_file"] = args.config
     config["presets"] = list(args.preset)
     return config
+
+
+def video_parser() -> argparse.ArgumentParser:
+    """The authors' main_shanghaitech.py flags, plus the dataset choice and frame size."""
+    p = argparse.ArgumentParser("main_shanghaitech.py", description="MOCCA on video (ShanghaiTech, Ped2, Avenue)")
+    _common_flags(p, code_length=2048, batch_size=4, warm_up=5)
+    p.add_argument("--dataset", choices=["shanghaitech", "ped2", "avenue"], default="shanghaitech")
+    p.add_argument("-dp", "--data-path", dest="data_path", type=str, default="./ShanghaiTech")
+    p.add_argument("--labels", type=str, default=None, help="frame-label file (.npy of all test frames, or ped2.mat)")
+    p.add_argument("--frame-size", dest="frame_size", type=int, nargs=2, default=[256, 512], metavar=("H", "W"))
+    p.add_argument("--remove-background", dest="remove_background", choices=["auto", "yes", "no"], default="auto",
+                   help="MOG2 background removal at load time (auto: yes for ped2/avenue, no for the "
+                        "preprocessed ShanghaiTech layout)")
+    p.add_argument("-cl", "--clip-length", dest="clip_length", type=int, default=16)
+    p.add_argument("-ee", "--end-to-end-training", dest="end_to_end", action="store_true", default=False,
+                   help="single-stage training of AE + LSTM heads on reconstruction + one-class loss")
+    p.add_argument("-ll", "--load-lstm", dest="load_lstm", action="store_true", default=False,
+                   help="accepted for compatibility: the LSTM heads are always built (they are the video selectors)")
+    p.add_argument("-bdl", "--bidirectional", action="store_true", default=False)
+    p.add_argument("-hs", "--hidden-size", dest="hidden_size", type=int, default=100)
+    p.add_argument("-nl", "--num-layers", dest="num_layers", type=int, default=1)
+    p.add_argument("-drp", "--dropout", type=float, default=0.0)
+    p.add_argument("-use", dest="use_selectors_video", action="store_true", default=False,
+                   help="3-D selector modules before the LSTMs (same as --use-selectors)")
+    p.add_argument("-opt", "--optimizer", choices=["adam", "sgd"], default="adam")
+    p.add_argument("-lf", "--log-frequency", dest="log_frequency", type=int, default=5, help="accepted; one line per epoch")
+    p.add_argument("-dl", "--disable-logging", dest="disable_logging", action="store_true", default=False)
+    p.add_argument("-ba", "--batch-accumulation", dest="batch_accumulation", type=int, default=-1,
+                   help="accepted for compatibility; unused (as in the authors' video code)")
+    p.add_argument("--clips-per-epoch", dest="clips_per_epoch", type=int, default=10000,
+                   help="random training clips per epoch (authors: 10,000)")
+    p.add_argument("--centroid-clips", dest="centroid_clips", type=int, default=10000,
+                   help="random training clips for the initial centroids (authors: one pass of 10,000)")
+    p.add_argument("--test-batch-size", dest="test_batch_size", type=int, default=8)
+    p.add_argument("--recon-weight", dest="recon_weight", type=float, default=1.0,
+                   help="weight of the reconstruction loss next to the one-class loss (authors: 1)")
+    p.add_argument("--authors-reshape", dest="authors_reshape", action="store_true", default=False,
+                   help="decoder reshape exactly as the authors (mixes time and space) instead of the clean transpose")
+    return p

@@ -1,0 +1,75 @@
+"""MOCCA on MVTec AD: python main_mvtec.py -ptr -tr -tt -zl 128 -nc bottle -dp <MVTec AD root> --use-selector."""
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from datasets.mvtec import (PATCHES_PER_IMAGE, category_spec, extract_patches, load_mvtec, to_model_range,
+                            train_batch_transform)
+from models.residual2d import LAYER_INDICES, ResidualAutoencoder, ResidualFeatureNet
+from trainers.two_stage import ImageExperiment, run_two_stage
+from utils.batching import TensorSource
+from utils.cli import CONFIG_DIR, mvtec_parser, resolve_config
+from utils.errors import UserError, exit_on_user_error
+
+DEFAULT_CONFIG = CONFIG_DIR / "mvtec.yaml"
+
+
+def downscale(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, 3, S, S) -> uint8 (N, 3, size, size) with antialiasing (done once, before training)."""
+    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def build_experiment(config: dict) -> ImageExperiment:
+    spec = category_spec(config["normal_class"])
+    if int(config["batch_accumulation"]) not in (-1, 1):
+        raise UserError("-ba (gradient accumulation) is not supported; raise -bs instead")
+    zl, use_sel = int(config["code_length"]), bool(config["use_selectors"])
+    data = load_mvtec(config["data_path"], spec.name)
+    input_size = spec.input_size
+    if not spec.is_texture and int(config["image_size"]) != spec.image_size:  # a smaller CPU setting
+        input_size = int(config["image_size"])
+        data.train, data.test = (downscale(t, input_size) for t in (data.train, data.test))
+    augment = train_batch_transform(spec.name)
+
+    def train_transform(batch, generator):  # augment on uint8 (cheap), then scale to [-1, 1]
+        return to_model_range(augment(batch, generator))
+
+    if spec.is_texture:  # eq. 7: a test image is its 64 non-overlapping patches, scored by their max
+        test_transform = lambda batch, gen: to_model_range(extract_patches(batch))  # noqa: E731
+    else:
+        test_transform = lambda batch, gen: to_model_range(batch)  # noqa: E731
+    return ImageExperiment(
+        dataset="mvtec",
+        class_name=spec.name,
+        train=TensorSource(data.train, train_transform, samples_per_epoch=int(config["samples_per_epoch"])),
+        test=TensorSource(data.test, test_transform),
+        test_labels=data.test_labels.numpy(),
+        make_autoencoder=lambda: ResidualAutoencoder(input_size, zl),
+        make_feature_net=lambda encoder, layers: ResidualFeatureNet(encoder, layers, use_sel),
+        arch={"model": "residual2d", "input_size": input_size, "code_length": zl, "use_selectors": use_sel},
+        valid_layers=LAYER_INDICES,
+        patches_per_image=PATCHES_PER_IMAGE if spec.is_texture else None,
+        test_columns={"defect": list(data.test_defects)},
+        summary={"is_texture": spec.is_texture, "category": spec.name},
+    )
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None) -> dict | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" not in argv:
+        argv = ["--config", str(DEFAULT_CONFIG)] + argv
+    config = resolve_config(mvtec_parser(), argv)
+    if config["disable_logging"]:
+        config["no_progress"] = True
+    log = (lambda s: None) if config["disable_logging"] else print
+    return run_two_stage(build_experiment(config), config, log)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Single-stage end-to-end training for video (paper IV-C, Fig. 2 right) and frame-level testing.
+
+The whole autoencoder (with its LSTM heads) minimises reconstruction + the multi-layer one-class
+objective; centroids come from the untrained model, as the paper says. Testing scores every
+stride-1 clip, turns clip scores into frame scores (mean over the clips holding a frame),
+normalises them per video (eq. 8) and adds the normalised reconstruction score.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from trainers.engine import StageSettings, fit
+from trainers.objective import MultiLayerObjective, compute_centroids
+from trainers.pretrain import epoch_generator, reconstruction_loss
+from utils.video_scoring import clip_scores_to_frame_scores, combine_scores, frame_auc, minmax_normalise
+
+END_TO_END_KIND = "end_to_end"
+
+
+class HeadFeatures(nn.Module):
+    """The feature-net view of a video model: clip -> {head index: (B, d)} (drops the reconstruction)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> dict[int, Tensor]:
+        return self.model(x)[1]
+
+
+class EndToEndModel(nn.Module):
+    """Video autoencoder + objective as one checkpointable module."""
+
+    def __init__(self, net: nn.Module, objective: MultiLayerObjective):
+        super().__init__()
+        self.net = net
+        self.objective = objective
+
+
+def initial_centroids(net: nn.Module, sample: Callable[[torch.Generator | None], Tensor], n_batches: int,
+                      seed: int) -> dict[int, Tensor]:
+    """Centroids of the untrained model over ``n_batches`` random training clips (eval mode)."""
+    gen = epoch_generator(seed, -1)
+    return compute_centroids(HeadFeatures(net), (sample(gen) for _ in range(n_batches)))
+
+
+def train_end_to_end(
+    model: EndToEndModel,
+    sample: Callable[[torch.Generator | None], Tensor],
+    n_batches: int,
+    settings: StageSettings,
+    warm_up_epochs: int,
+    checkpoint: Path,
+    arch: dict[str, Any],
+    seed: int,
+    *,
+    recon_weight: float = 1.0,
+    resume: bool = False,
+    device: torch.device = torch.device("cpu"),
+    log: Callable[[str], None] = print,
+) -> list[dict[str, float]]:
+    """One "epoch" = ``n_batches`` batches of clips drawn uniformly with replacement (the authors' scheme)."""
+    objective = model.objective
+
+    def step(x: Tensor, epoch: int):
+        x = x.to(device, non_blocking=True)
+        x_rec, feats = model.net(x)
+        dist = objective.distances(feats)
+        one_class = objective.loss(dist)
+        recon = reconstruction_loss(x, x_rec)
+        hook = None
+        if objective.boundary == "soft" and epoch >= warm_up_epochs:
+            hook = lambda: objective.update_radii(dist)  # noqa: E731
+        return one_class + recon_weight * recon, hook, {"one_class": one_class.detach(), "recon": recon.detach()}
+
+    def batches(epoch: int):
+        gen = epoch_generator(seed, epoch)
+        return (sample(gen) for _ in range(n_batches))
+
+    radii = lambda: {f"radius_{k}": r for k, r in objective.radii().items()}  # noqa: E731
+    return fit(model, model.net.parameters(), step, batches, n_batches, settings, checkpoint, END_TO_END_KIND,
+               arch, resume=resume, device=device, log=log, extra_payload=radii)
+
+
+@dataclass
+class VideoScores:
+    """Per-video frame scores (combined, one-class only, reconstruction only) and their AUCs."""
+
+    names: list[str]
+    labels: list[np.ndarray]
+    combined: list[np.ndarray]
+    one_class: list[np.ndarray]
+    recon: list[np.ndarray]
+    metrics: dict
+
+
+@torch.no_grad()
+def score_videos(model: EndToEndModel, clips, labels: list[np.ndarray], batch_size: int,
+                 device: torch.device, progress: bool = True, max_videos: int | None = None) -> VideoScores:
+    """Score every stride-1 window of each test video and evaluate frame-level AUC.
+
+    ``clips`` is a ``datasets.video.VideoClips`` of the test videos; ``labels`` one 0/1 array per video.
+    """
+    model.eval()
+    objective = model.objective
+    n_videos = len(clips.videos) if max_videos is None else min(max_videos, len(clips.videos))
+    out = VideoScores([], [], [], [], [], {})
+    for v in tqdm(range(n_videos), desc="test videos", disable=not progress, leave=False):
+        oc_parts, rec_parts = [], []
+        for x in clips.test_windows(v, batch_size):
+            x = x.to(device)
+            x_rec, feats = model.net(x)
+            oc_parts.append(objective.combined_score(objective.layer_scores(objective.distances(feats))).cpu())
+            rec_parts.append(((x_rec.float() - x) ** 2).flatten(1).sum(1).cpu())
+        n = clips.n_frames(v)
+        oc = clip_scores_to_frame_scores(torch.cat(oc_parts).numpy(), n, clips.clip_length)
+        rec = clip_scores_to_frame_scores(torch.cat(rec_parts).numpy(), n, clips.clip_length)
+        out.names.append(clips.names[v])
+        out.labels.append(np.asarray(labels[v]))
+        out.one_class.append(minmax_normalise(oc))
+        out.recon.append(minmax_normalise(rec))
+        out.combined.append(combine_scores(oc, rec))
+    out.metrics = {
+        "combined": frame_auc(out.combined, out.labels),
+        "one_class": frame_auc(out.one_class, out.labels),
+        "reconstruction": frame_auc(out.recon, out.labels),
+    }
+    return out
