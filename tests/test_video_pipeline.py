@@ -1,0 +1,71 @@
+"""main_shanghaitech.py end to end: generated ShanghaiTech layout (fast) and two real Ped2 clips."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from main_shanghaitech import main
+from tests.conftest import SHARED_DATA, require
+from tests.video_fixtures import make_authors_shanghaitech
+
+FAST = ["--frame-size", "32", "48", "-zl", "32", "-hs", "8", "-bs", "2", "--clips-per-epoch", "4",
+        "--centroid-clips", "4", "-e", "2", "-we", "1", "--test-batch-size", "8", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOCCA_CACHE", str(tmp_path / "cache"))
+
+
+def ped2_subset(tmp_path, clips=("01", "02")):
+    """A Ped2 root holding only some real clips (symlinks), with the real ped2.mat labels."""
+    src = require(SHARED_DATA / "ped2")
+    root = tmp_path / "ped2"
+    for split in ("training", "testing"):
+        (root / split / "frames").mkdir(parents=True)
+        for c in clips:
+            os.symlink(src / split / "frames" / c, root / split / "frames" / c)
+    os.symlink(src / "ped2.mat", root / "ped2.mat")
+    return root
+
+
+def test_real_ped2_two_clips_end_to_end(tmp_path):
+    root = ped2_subset(tmp_path)
+    m = main(["--dataset", "ped2", "-dp", str(root), "-ee", "-tt", "-ile", "5", "6", "--run-dir",
+              str(tmp_path / "r"), *FAST])
+    assert m["n_videos"] == 2 and m["n_frames"] == 360  # test clips 01 and 02: 180 frames each
+    with open(tmp_path / "r" / "scores.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 360  # every frame scored
+    labels = np.array([int(r["label"]) for r in rows])
+    assert labels.sum() == 120 + 86  # abnormal frames of clips 01 and 02 in ped2.mat
+    for kind in ("combined", "one_class", "reconstruction"):
+        assert set(m["frame_auc"][kind]) >= {"micro", "per_video_mean"}
+    saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert saved["auc"] == pytest.approx(m["auc"])
+
+
+def test_authors_layout_train_then_test_from_checkpoint(tmp_path):
+    root = tmp_path / "st"
+    make_authors_shanghaitech(root)
+    main(["-dp", str(root), "-ee", "-ll", "-use", "-bd", "hard", "--run-dir", str(tmp_path / "a"), *FAST])
+    m = main(["-dp", str(root), "-tt", "-ck", str(tmp_path / "a" / "model.pt"), "--run-dir", str(tmp_path / "b"),
+              *FAST])
+    assert m["boundary"] == "hard" and m["layers"] == [6]
+
+
+def error_line(capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_errors(tmp_path, capsys):
+    assert "-ee" in error_line(capsys, ["-dp", str(tmp_path), "-ptr", *FAST])
+    assert "not found" in error_line(capsys, ["-dp", str(tmp_path / "none"), "-ee", *FAST])
+    assert "-ck" in error_line(capsys, ["-dp", str(tmp_path), "-tt", *FAST])
