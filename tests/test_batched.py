@@ -197,6 +197,18 @@ def test_hard_boundary_and_resume(data_root, tmp_path):
     compare_folders(tmp_path / "k" / rel, tmp_path / "s" / rel)
 
 
+@pytest.mark.usefixtures("float64")
+def test_debug_mode_scores_the_same_test_subset(data_root, tmp_path):
+    """-db: 5 batches per epoch and each run's own random test subset (debug_subset of its seed)."""
+    flags = ["-dp", str(data_root), *FAST, "-bs", "4", "-ae", "1", "-e", "1", "-db"]
+    got = batched.main([*flags, "--classes", "6", "--seeds", "0", "5", "--out", str(tmp_path / "b")])
+    want = main_cifar10([*flags, "-nc", "6", "-s", "5", "-ptr", "-tr", "-tt", "--output_path", str(tmp_path / "s")])
+    assert got[1]["n_test"] == want["n_test"] == 20
+    rel = Path("cifar10") / "6_frog" / "soft-ile_0.1.2.3-zl_16-nu_0.1-seed_5"
+    compare_folders(tmp_path / "b" / rel, tmp_path / "s" / rel)
+    assert got[1]["auc"] == pytest.approx(want["auc"], rel=RTOL, abs=ATOL)
+
+
 def expect_user_error(capsys, argv) -> str:
     with pytest.raises(SystemExit) as exc:
         batched.main(argv)
@@ -209,6 +221,13 @@ def test_cli_errors(data_root, tmp_path, capsys):
     assert "all stages" in expect_user_error(capsys, [*base, "-ptr", "--classes", "1"])
     assert "0-9" in expect_user_error(capsys, [*base, "--classes", "1", "12"])
     assert "seeds >= 0" in expect_user_error(capsys, [*base, "--seeds", "-1"])
+    per_class = tmp_path / "per_class.yaml"
+    per_class.write_text(yaml.safe_dump({"nu": 0.1, "per_class": {2: {"nu": 0.05}}, "presets": {"cpu": {}}}))
+    msg = expect_user_error(capsys, [*base, "--config", str(per_class), "--classes", "1", "2"])
+    assert "class 2 has its own settings" in msg and "(nu)" in msg
+    _, config = batched.parse(base)
+    with pytest.raises(batched.UserError, match="share one run folder"):
+        batched.train_batched([batched.RunSpec(1, 0), batched.RunSpec(2, 0)], config, run_dirs=[tmp_path] * 2)
     uneven = shutil.copytree(data_root, tmp_path / "uneven")
     next((uneven / "train" / "bird").iterdir()).unlink()
     msg = expect_user_error(capsys, ["-dp", str(uneven), *FAST, "--out", str(tmp_path / "o"), "--classes", "1", "2"])

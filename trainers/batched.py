@@ -41,14 +41,14 @@ import torch
 from torch import Tensor, nn
 
 from datasets.cifar10 import CIFAR10_CLASSES, check_class, load_one_class
-from models.lenet import LAYER_INDICES, LeNetAutoencoder, LeNetEncoder, PooledFeatureNet
+from models.lenet import LAYER_INDICES, LeNetAutoencoder, PooledFeatureNet
 from models.lenet_grouped import GroupedLeNetAutoencoder, GroupedPooledFeatureNet, stack_runs
 from trainers.engine import StageSettings, make_optimizer
 from trainers.evaluate import score_and_evaluate
 from trainers.objective import BOUNDARIES, MultiLayerObjective, push_from_zero
 from trainers.one_class import ONE_CLASS_KIND, OneClassModel
 from trainers.pretrain import AE_KIND, epoch_generator
-from trainers.two_stage import DEBUG_BATCHES, _stage, choose_layers
+from trainers.two_stage import DEBUG_BATCHES, _stage, choose_layers, debug_subset
 from utils import results
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.cli import CONFIG_DIR, cifar10_parser, resolve_config
@@ -100,8 +100,8 @@ class StackedSource:
 
     def batches(self, batch_size: int, *, orders: Tensor | None = None, limit: int | None = None,
                 drop_singleton: bool = False) -> Iterator[Tensor]:
-        """``orders`` (K, N): run r's permutation (as ``TensorSource.batches`` draws it); None = in order."""
-        n = len(self)
+        """``orders`` (K, n): run r's sample indices in order (its epoch permutation, or a subset); None = all, in order."""
+        n = len(self) if orders is None else int(orders.shape[1])
         if orders is not None:
             orders = orders.to(self.data.device)
         for i, start in enumerate(range(0, n, batch_size)):
@@ -346,23 +346,32 @@ def _check(runs: Sequence[RunSpec], config: dict[str, Any]) -> None:
 
 
 def train_batched(runs: Sequence[RunSpec], config: dict[str, Any], device: torch.device | str | None = None,
-                  log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+                  log: Callable[[str], None] = print, run_dirs: Sequence[str | Path] | None = None
+                  ) -> list[dict[str, Any]]:
     """Pretrain, compute centroids, train and test K runs together; return each run's metrics.
 
     ``config`` is a resolved ``main_cifar10`` config (``utils.cli.resolve_config``); the runs' own
-    class and seed replace ``normal_class`` / ``seed``. Each run's folder is
-    ``results.run_dir_for(run config, "cifar10", class name, layers)``.
+    class and seed replace ``normal_class`` / ``seed``. Each run's folder is ``run_dirs[r]`` when
+    given (e.g. a sweep's own names; saved as ``run_dir`` in that run's config), else
+    ``results.run_dir_for(run config, "cifar10", class name, layers)`` = <output_path>/cifar10/<class>/<name>.
     """
     runs = list(runs)
     _check(runs, config)
+    if run_dirs is not None and len(run_dirs) != len(runs):
+        raise UserError(f"{len(run_dirs)} run folders for {len(runs)} runs")
     device = pick_device(config["device"]) if device is None else torch.device(device)
     k = len(runs)
     zl = int(config["code_length"])
     layers = choose_layers(config, LAYER_INDICES)
     boundary, nu = str(config["boundary"]), float(config["nu"])
     configs = [run_config(config, r) for r in runs]
+    if run_dirs is not None:
+        for c, d in zip(configs, run_dirs):
+            c["run_dir"] = str(d)
     labels = [f"{r.normal_class}/s{r.seed}" for r in runs]
     run_dirs = [results.run_dir_for(c, DATASET, r.class_name, layers) for c, r in zip(configs, runs)]
+    if len(set(run_dirs)) != len(run_dirs):
+        raise UserError("two runs would share one run folder")
     limit = DEBUG_BATCHES if config["debug"] else None
     bs = int(config["batch_size"])
     fmt = torch.channels_last if config.get("channels_last") else torch.contiguous_format
@@ -503,22 +512,24 @@ def train_batched(runs: Sequence[RunSpec], config: dict[str, Any], device: torch
         results.write_history(d / "train_log.csv", h)
 
     # ---- test: distances of every run in one pass, then the sequential scoring code per run.
+    # -db: each run scores its own fixed random subset of the test set (two_stage.debug_subset of its seed).
+    n_test = len(data.test)
+    keeps = [debug_subset(n_test, limit * bs, s) if limit is not None else np.arange(n_test) for s in seeds]
     t0 = time.perf_counter()
-    dist = _test_distances(net, centers, data.test.batches(bs, limit=limit), prepare)
+    subsets = None if limit is None else torch.from_numpy(np.stack(keeps))
+    dist = _test_distances(net, centers, data.test.batches(bs, orders=subsets), prepare)
     timings["test_s"] = time.perf_counter() - t0
     all_metrics = []
     for r, (spec, run_dir, model) in enumerate(zip(runs, run_dirs, one_class_models())):
         objective = model.objective.cpu()
-        labels_r = data.test_labels[r]
-        if limit is not None:
-            labels_r = labels_r[: dist[layers[0]].shape[1]]
+        labels_r = data.test_labels[r][keeps[r]]
         try:
             scored = score_and_evaluate(objective, {j: dist[j][r] for j in layers}, labels_r)
         except ValueError as err:
             raise UserError(f"cannot evaluate run {labels[r]}: {err}") from err
         m = len(labels_r)
         results.write_scores(run_dir / results.SCORES_FILE, labels_r, scored.scores, scored.layer_scores,
-                             {"class": data.test_classes[r].tolist()[:m]})
+                             {"class": data.test_classes[r][keeps[r]].tolist()})
         metrics = {
             "dataset": DATASET, "class": spec.class_name, "boundary": boundary, "layers": list(layers), "nu": nu,
             "seed": spec.seed, "auc": scored.metrics["auc"], "max_ba": scored.metrics["max_ba"],
@@ -581,13 +592,23 @@ def batched_parser():
 
 
 def parse(argv: Sequence[str] | None = None) -> tuple[list[RunSpec], dict[str, Any]]:
+    """The runs (--classes x --seeds) and the config every run shares (as main_cifar10 resolves it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--config" not in argv:
         argv = ["--config", str(DEFAULT_CONFIG)] + argv
-    config = resolve_config(batched_parser(), argv)
+    parser = batched_parser()
+    config = resolve_config(parser, argv)
     classes = config.pop("classes") or [int(config["normal_class"])]
     seeds = config.pop("seeds") or [int(config["seed"])]
     out = config.pop("out")
+    # a YAML ``per_class`` section may change settings per class: resolve as ``main_cifar10 -nc <c>`` would
+    for c in classes:
+        other = resolve_config(parser, [*argv, "-nc", str(c)])
+        diff = sorted(key for key in config if key not in ("normal_class", "classes", "seeds", "out")
+                      and other[key] != config[key])
+        if diff:
+            raise UserError(f"class {c} has its own settings in {config['config_file']} ({', '.join(diff)}): "
+                            "runs batched together must share every setting; run that class separately")
     if out is not None:
         config["output_path"] = out
     stages = [config["pretrain"], config["train"], config["test"]]
