@@ -235,3 +235,17 @@ def test_stop_children_terminates_running_jobs(tmp_path: Path):
     sweep.stop_children()
     job.join(timeout=20)
     assert not job.is_alive() and status and status[0] != 0
+
+
+def test_batched_sweep_groups_all_classes_and_seeds_per_boundary(tmp_path):
+    spec, _ = sweep.parse_spec(["cifar10", "--classes", "0", "1", "--seeds", "0-2", "--boundary", "soft", "hard",
+                                "--holistic", "-dp", str(tmp_path), "--out", str(tmp_path / "o"), "--batched"])
+    groups = sweep.batched_groups(spec, sweep.expand_grid(spec))
+    assert len(groups) == 4  # 2 boundaries x (MOCCA, holistic)
+    for out, cmd in groups:
+        assert cmd[1:3] == ["-m", "trainers.batched"] and "-nc" not in cmd and "-s" not in cmd
+        assert cmd[cmd.index("--classes") + 1: cmd.index("--seeds")] == ["0", "1"]
+        assert cmd[cmd.index("--seeds") + 1: cmd.index("-bd")] == ["0", "1", "2"]
+    calls = []
+    assert sweep.execute_batched(spec, sweep.expand_grid(spec), lambda c, log: calls.append(c) or 0) == 0
+    assert len(calls) == 4 and sweep.execute_batched(spec, sweep.expand_grid(spec), lambda c, log: 1 / 0) == 0

@@ -617,6 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", nargs="+", default=[], help="config presets for every run (e.g. cpu)")
     p.add_argument("--config", default=None, help="YAML config for every run (default: the entry's own)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the commands; run and write nothing")
+    p.add_argument("--batched", action="store_true",
+                   help="CIFAR-10 on a GPU: train all classes x seeds of each boundary/layer set as one batched "
+                        "model (python -m trainers.batched) instead of one process per run")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
     return p
 
@@ -655,6 +658,54 @@ def parse_spec(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
     ), args
 
 
+BATCHED_DONE = "sweep_batched_done.json"
+
+
+def batched_groups(spec: SweepSpec, runs: Sequence[RunJob]) -> list[tuple[Path, list[str]]]:
+    """CIFAR-10 on a GPU: one ``trainers.batched`` process per (boundary, layers, settings) group.
+
+    All classes x seeds of a group train as one grouped model (K runs at once); each group pretrains
+    its own AEs, so the soft and hard groups do not share stage 1 as the per-run path does.
+    """
+    if spec.dataset != "cifar10":
+        raise UserError("--batched is for CIFAR-10 (the grouped LeNet); run MVTec sweeps without it")
+    groups: dict[tuple, list[RunJob]] = {}
+    for r in runs:
+        groups.setdefault((r.boundary, r.layers, r.holistic, r.settings), []).append(r)
+    planned = []
+    for (boundary, layers, holistic, settings), members in groups.items():
+        tag = "holistic" if holistic else ("ile_default" if layers is None else "ile_" + results.layers_tag(layers))
+        extra = "".join(f"-{k}_{_name_value(v)}" for k, v in settings)
+        out = spec.out / "batched" / f"{boundary}-{tag}{extra}"
+        cmd = _base_command(spec, "0", 0, settings, holistic)
+        cmd[1:2] = ["-m", "trainers.batched"]  # same flags, the batched entry instead of main_cifar10.py
+        cmd = [t for i, t in enumerate(cmd) if not (cmd[i - 1] in ("-nc", "-s") or t in ("-nc", "-s"))]
+        cmd += ["--classes", *dict.fromkeys(r.class_arg for r in members),
+                "--seeds", *map(str, dict.fromkeys(r.seed for r in members)),
+                "-bd", boundary, "-ptr", "-tr", "-tt", "--out", str(out), "--resume"]
+        if layers is not None:
+            cmd += ["-ile", *map(str, layers)]
+        planned.append((out, cmd))
+    return planned
+
+
+def execute_batched(spec: SweepSpec, runs: Sequence[RunJob], runner: Runner) -> int:
+    """Run the batched groups one after another (each fills the GPU); finished groups are skipped."""
+    failed = 0
+    for out, cmd in batched_groups(spec, runs):
+        if (out / BATCHED_DONE).is_file():
+            print(f"[done] {out}")
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        status = runner(cmd, out / "sweep.log")
+        if status == 0:
+            write_text(out / BATCHED_DONE, json.dumps({"command": cmd}) + "\n")
+        else:
+            failed += 1
+            print(f"[failed] {out} (exit {status}); log: {out / 'sweep.log'}")
+    return failed
+
+
 def dry_run(spec: SweepSpec, runs: Sequence[RunJob]) -> None:
     needed = unique_pretrains([r for r in runs if run_state(r) != "done"])
     print(f"# {len(runs)} runs, {len(unique_pretrains(runs))} pretrainings ({len(needed)} still needed)")
@@ -673,6 +724,16 @@ def main(argv: Sequence[str] | None = None, runner: Runner = subprocess_runner) 
     spec, args = parse_spec(argv)
     entry = PROJECT_ROOT / spec.info.entry
     runs = expand_grid(spec)
+    if args.batched:
+        groups = batched_groups(spec, runs)
+        if args.dry_run:
+            for out, cmd in groups:
+                print(f"[batched] {shlex.join(cmd)}")
+            return 0
+        write_sweep_file(spec, runs, argv)
+        failed = execute_batched(spec, runs, runner)
+        print(f"tables: python -m utils.report {spec.out}")
+        return 1 if failed else 0
     if args.dry_run:
         dry_run(spec, runs)
         return 0
