@@ -69,3 +69,14 @@ def test_real_bottle_short_run(tmp_path):
     assert 0.0 <= saved["auc"] <= 1.0 and saved["score_std"] > 0
     assert set(saved["per_layer"]) == {"6"} and saved["max_ba"] >= 0.5  # maxBA >= 0.5 by definition
     assert m["auc"] == pytest.approx(saved["auc"])
+
+
+def test_one_pretrained_ae_serves_runs_with_and_without_selectors(tmp_path):
+    root = tmp_path / "mvtec"
+    make_mvtec_category(root, "screw", n_train=4, n_good=2, n_defect=1, size=64)
+    common = ["-nc", "screw", "-dp", str(root), "--image-size", "32", *FAST]
+    main(["-ptr", "--run-dir", str(tmp_path / "ae"), *common])
+    ae = str(tmp_path / "ae" / "ae.pt")
+    plain = main(["-tr", "-tt", "-ck", ae, "--run-dir", str(tmp_path / "plain"), *common])
+    selected = main(["-tr", "-tt", "-ck", ae, "--use-selectors", "--run-dir", str(tmp_path / "sel"), *common])
+    assert plain["layers"] == selected["layers"] == [4, 5, 6]

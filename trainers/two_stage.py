@@ -40,11 +40,12 @@ class ImageExperiment:
     test_labels: np.ndarray
     make_autoencoder: Callable[[], nn.Module]  # the AE must expose ``.encoder``
     make_feature_net: Callable[[nn.Module, list[int]], nn.Module]  # (encoder, layers) -> feature net
-    arch: dict[str, Any]  # settings that fix weight shapes (checked when loading checkpoints)
+    arch: dict[str, Any]  # settings that fix the AE's weight shapes (checked when loading checkpoints)
     valid_layers: Sequence[int]
     patches_per_image: int | None = None  # MVTec textures: image score = max over patches
     test_columns: dict[str, Sequence[Any]] = field(default_factory=dict)  # extra columns for scores.csv
     summary: dict[str, Any] = field(default_factory=dict)  # extra fields for metrics.json
+    net_arch: dict[str, Any] = field(default_factory=dict)  # stage-2-only shape settings (e.g. selectors)
 
 
 def choose_layers(config: dict[str, Any], valid: Sequence[int]) -> list[int]:
@@ -116,7 +117,7 @@ def run_two_stage(exp: ImageExperiment, config: dict[str, Any], log: Callable[[s
         centers = compute_centroids(net, (prepare(x) for x in train.batches(bs, limit=limit)))
         timings["centroids_s"] = time.perf_counter() - t0
         model = OneClassModel(net, MultiLayerObjective(centers, config["boundary"], float(config["nu"]))).to(device)
-        oc_arch = {**exp.arch, "layers": layers, "boundary": config["boundary"], "nu": float(config["nu"])}
+        oc_arch = {**exp.arch, **exp.net_arch, "layers": layers, "boundary": config["boundary"], "nu": float(config["nu"])}
         t0 = time.perf_counter()
         history = train_one_class(model, train, _stage(config, "train", "oc"), bs, int(config["warm_up_n_epochs"]),
                                   model_path, oc_arch, seed, resume=config["resume"], device=device, limit=limit,
@@ -169,7 +170,7 @@ def load_one_class_model(path: Path, exp: ImageExperiment, device: torch.device,
     """Rebuild a trained model from its checkpoint (layers, boundary and nu are read from it)."""
     ckpt = load_checkpoint(path, ONE_CLASS_KIND)
     saved = ckpt["arch"]
-    diff = {k: (saved.get(k), v) for k, v in exp.arch.items() if saved.get(k) != v}
+    diff = {k: (saved.get(k), v) for k, v in {**exp.arch, **exp.net_arch}.items() if saved.get(k) != v}
     if diff:
         text = ", ".join(f"{k}: checkpoint {a!r} vs this run {b!r}" for k, (a, b) in diff.items())
         raise UserError(f"checkpoint {path} is for another architecture ({text}); pass matching flags")
