@@ -103,7 +103,29 @@ def cifar10(args: argparse.Namespace, device: torch.device) -> list[tuple[str, f
     return rows
 
 
-DATASETS = {"cifar10": cifar10}
+def mvtec(args: argparse.Namespace, device: torch.device) -> list[tuple[str, float, float]]:
+    """bottle at 128x128: resident uint8 images, batched rotation and scaling inside the pipeline."""
+    from datasets.mvtec import load_mvtec, to_model_range, train_batch_transform
+    from models.residual2d import ResidualAutoencoder
+
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    prep = lambda x: x.contiguous(memory_format=fmt)  # noqa: E731
+    bs, n_b = 32, args.batches
+    data = load_mvtec(SHARED / "mvtec", "bottle")
+    augment = train_batch_transform("bottle")
+    train = TensorSource(data.train.to(device), lambda b, g: to_model_range(augment(b, g)), samples_per_epoch=bs * n_b)
+    x = prep(torch.rand(bs, 3, 128, 128, device=device) * 2 - 1)
+    settings = StageSettings("pretrain", epochs=2, learning_rate=1e-4, weight_decay=5e-7, progress=False)
+    torch.manual_seed(0)
+    ae = ResidualAutoencoder(128, 128).to(device, memory_format=fmt)
+    bare = bare_steps(ae, lambda b: reconstruction_loss(b, ae(b)), x, n_b)
+    ae = ResidualAutoencoder(128, 128).to(device, memory_format=fmt)
+    pipe = pipeline_epoch(lambda p: pretrain_autoencoder(ae, train, settings, bs, p, {}, 0, device=device,
+                                                         prepare=prep, log=lambda s: None), bs * n_b, device)
+    return [("mvtec bottle AE pretraining (128 px)", bare, pipe)]
+
+
+DATASETS = {"cifar10": cifar10, "mvtec": mvtec}
 
 
 def main(argv=None) -> None:
