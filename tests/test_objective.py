@@ -88,3 +88,25 @@ def test_max_over_patches():
     assert max_over_patches(scores, 3).tolist() == [5.0, 3.0]
     with pytest.raises(ValueError):
         max_over_patches(scores, 4)
+
+
+def test_new_head_batchnorm_is_calibrated_before_centroids_and_encoder_stats_kept():
+    from trainers.objective import calibrate_new_batchnorm
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = torch.nn.BatchNorm1d(2)
+            self.selectors = torch.nn.ModuleDict({"0": torch.nn.BatchNorm1d(2)})
+
+        def forward(self, x):
+            return {0: self.selectors["0"](self.encoder(x))}
+
+    net = Net()
+    net.encoder.running_mean.fill_(5.0)
+    data = [torch.randn(64, 2) * 3 + 10 for _ in range(4)]
+    assert calibrate_new_batchnorm(net, data) == 1
+    assert net.encoder.running_mean.tolist() == [5.0, 5.0]  # pretrained statistics untouched
+    mean_in = torch.cat([net.encoder.eval()(x) for x in data]).mean(0)
+    assert net.selectors["0"].running_mean.tolist() == pytest.approx(mean_in.tolist(), abs=1e-4)
+    assert net.selectors["0"].momentum == 0.1

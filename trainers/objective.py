@@ -48,6 +48,35 @@ def push_from_zero(center: Tensor, eps: float = CENTROID_EPS) -> Tensor:
 
 
 @torch.no_grad()
+def calibrate_new_batchnorm(feature_net: nn.Module, batches: Iterable[Tensor]) -> int:
+    """Estimate the running statistics of BatchNorm layers in freshly built heads (``feature_net.selectors``).
+
+    Centroids are computed in eval mode, where BatchNorm uses running statistics; for selectors that
+    were never trained those are still the initial (0, 1), so the centroids would not match the
+    features the heads produce once training starts. One no-grad pass in train mode over the training
+    set (cumulative average) fixes that; the pretrained encoder's statistics are left untouched.
+    Returns the number of BatchNorm layers calibrated.
+    """
+    heads = getattr(feature_net, "selectors", None)
+    bns = [m for m in heads.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if heads is not None else []
+    if not bns:
+        return 0
+    was_training = feature_net.training
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the whole pass
+    feature_net.eval()
+    heads.train()
+    for x in batches:
+        feature_net(x)
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+    feature_net.train(was_training)
+    return len(bns)
+
+
+@torch.no_grad()
 def compute_centroids(
     feature_net: nn.Module, batches: Iterable[Tensor], eps: float = CENTROID_EPS
 ) -> dict[int, Tensor]:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from trainers.engine import StageSettings
 from trainers.evaluate import score_and_evaluate, test_distances
-from trainers.objective import MultiLayerObjective, compute_centroids
+from trainers.objective import MultiLayerObjective, calibrate_new_batchnorm, compute_centroids
 from trainers.one_class import ONE_CLASS_KIND, OneClassModel, train_one_class
 from trainers.pretrain import AE_KIND, pretrain_autoencoder
 from utils import results
@@ -114,6 +114,7 @@ def run_two_stage(exp: ImageExperiment, config: dict[str, Any], log: Callable[[s
         ae.load_state_dict(load_checkpoint(ae_path, AE_KIND, exp.arch)["state"])
         net = exp.make_feature_net(ae.encoder, layers).to(device, memory_format=fmt)  # encoder starts pretrained
         t0 = time.perf_counter()
+        calibrate_new_batchnorm(net, (prepare(x) for x in train.batches(bs, limit=limit, drop_singleton=True)))
         centers = compute_centroids(net, (prepare(x) for x in train.batches(bs, limit=limit)))
         timings["centroids_s"] = time.perf_counter() - t0
         model = OneClassModel(net, MultiLayerObjective(centers, config["boundary"], float(config["nu"]))).to(device)
