@@ -15,3 +15,13 @@ def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real data not available at {path}")
     return path
+
+
+def expect_user_error(main, capsys, argv) -> str:
+    """Run an entry point that must fail on bad input: exit code 2 and exactly one 'error:' line."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from main_cifar10 import main
+from tests.conftest import expect_user_error
 from tests.cifar_fixtures import make_cifar_folder
 
 FAST = ["--preset", "cpu", "-ae", "2", "-e", "2", "-we", "1", "-bs", "16", "--no-progress"]
@@ -66,36 +67,29 @@ def test_resume_continues_a_killed_run(data_root, tmp_path):
     assert len(log) == 4  # header + 3 epochs, the first one from before the "kill"
 
 
-def expect_user_error(capsys, argv):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ")
-    return err[0]
 
 
 def test_cli_error_paths(data_root, tmp_path, capsys):
     base = ["--run-dir", str(tmp_path / "e"), *FAST]
-    assert "0-9" in expect_user_error(capsys, ["-dp", str(data_root), "-nc", "12", "-ptr", *base])
-    assert "does not exist" in expect_user_error(capsys, ["-dp", str(tmp_path / "nope"), "-nc", "1", "-ptr", *base])
-    assert "nothing to do" in expect_user_error(capsys, ["-dp", str(data_root), "-nc", "1", *base])
-    assert "needs -ck" in expect_user_error(capsys, ["-dp", str(data_root), "-nc", "1", "-tr", *base])
+    assert "0-9" in expect_user_error(main, capsys, ["-dp", str(data_root), "-nc", "12", "-ptr", *base])
+    assert "does not exist" in expect_user_error(main, capsys, ["-dp", str(tmp_path / "nope"), "-nc", "1", "-ptr", *base])
+    assert "nothing to do" in expect_user_error(main, capsys, ["-dp", str(data_root), "-nc", "1", *base])
+    assert "needs -ck" in expect_user_error(main, capsys, ["-dp", str(data_root), "-nc", "1", "-tr", *base])
 
 
 def test_checkpoint_from_another_architecture(data_root, tmp_path, capsys):
     run(data_root, tmp_path / "a", "-ptr", "-zl", "64")
-    msg = expect_user_error(capsys, ["-dp", str(data_root), "-nc", "1", "-tr", "-zl", "128",
+    msg = expect_user_error(main, capsys, ["-dp", str(data_root), "-nc", "1", "-tr", "-zl", "128",
                                      "-ck", str(tmp_path / "a" / "ae.pt"), "--run-dir", str(tmp_path / "b"), *FAST])
     assert "another architecture" in msg and "code_length" in msg
     assert not (tmp_path / "b" / "model.pt").exists()
     (tmp_path / "junk.pt").write_bytes(b"\x00garbage")
     assert "cannot be read" in expect_user_error(
-        capsys, ["-dp", str(data_root), "-nc", "1", "-tt", "-ck", str(tmp_path / "junk.pt"), *FAST])
+        main, capsys, ["-dp", str(data_root), "-nc", "1", "-tt", "-ck", str(tmp_path / "junk.pt"), *FAST])
 
 
 def test_nan_loss_stops_with_a_clear_error(data_root, tmp_path, capsys):
-    msg = expect_user_error(capsys, ["-dp", str(data_root), "-nc", "1", "-ptr", "-alr", "1e30",
+    msg = expect_user_error(main, capsys, ["-dp", str(data_root), "-nc", "1", "-ptr", "-alr", "1e30",
                                      "--run-dir", str(tmp_path / "n"), *FAST])
     assert "loss became" in msg
     assert not list((tmp_path / "n").glob("*.tmp"))

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from main_mvtec import main
-from tests.conftest import SHARED_DATA, require
+from tests.conftest import SHARED_DATA, expect_user_error, require
 from tests.mvtec_fixtures import make_mvtec_category
 
 FAST = ["--preset", "cpu", "-ae", "1", "-e", "2", "-we", "1", "-bs", "4", "--samples-per-epoch", "8",
@@ -36,21 +36,14 @@ def test_texture_scores_are_max_over_64_patches(tmp_path):
     assert m["is_texture"] and m["n_test"] == 4  # image-level scores, one per test image (not per patch)
 
 
-def one_line_error(capsys, argv):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1
-    return lines[0]
 
 
 def test_errors(tmp_path, capsys):
     root = tmp_path / "mvtec"
     make_mvtec_category(root, "bottle", n_train=2, n_good=1, n_defect=1, size=64)
-    assert "use one of" in one_line_error(capsys, ["-ptr", "-nc", "bottel", "-dp", str(root), *FAST])
-    assert "cable" in one_line_error(capsys, ["-ptr", "-nc", "cable", "-dp", str(root), *FAST])
-    msg = one_line_error(capsys, ["-ptr", "-nc", "bottle", "-dp", str(root), "-ile", "9", *FAST])
+    assert "use one of" in expect_user_error(main, capsys, ["-ptr", "-nc", "bottel", "-dp", str(root), *FAST])
+    assert "cable" in expect_user_error(main, capsys, ["-ptr", "-nc", "cable", "-dp", str(root), *FAST])
+    msg = expect_user_error(main, capsys, ["-ptr", "-nc", "bottle", "-dp", str(root), "-ile", "9", *FAST])
     assert "layer indices" in msg
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from main_shanghaitech import main
-from tests.conftest import SHARED_DATA, require
+from tests.conftest import SHARED_DATA, expect_user_error, require
 from tests.video_fixtures import make_authors_shanghaitech
 
 FAST = ["--frame-size", "32", "48", "-zl", "32", "-hs", "8", "-bs", "2", "--clips-per-epoch", "4",
@@ -56,16 +56,9 @@ def test_authors_layout_train_then_test_from_checkpoint(tmp_path):
     assert m["boundary"] == "hard" and m["layers"] == [6]
 
 
-def error_line(capsys, argv):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1
-    return lines[0]
 
 
 def test_errors(tmp_path, capsys):
-    assert "-ee" in error_line(capsys, ["-dp", str(tmp_path), "-ptr", *FAST])
-    assert "not found" in error_line(capsys, ["-dp", str(tmp_path / "none"), "-ee", *FAST])
-    assert "-ck" in error_line(capsys, ["-dp", str(tmp_path), "-tt", *FAST])
+    assert "-ee" in expect_user_error(main, capsys, ["-dp", str(tmp_path), "-ptr", *FAST])
+    assert "not found" in expect_user_error(main, capsys, ["-dp", str(tmp_path / "none"), "-ee", *FAST])
+    assert "-ck" in expect_user_error(main, capsys, ["-dp", str(tmp_path), "-tt", *FAST])
