@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from datasets.video import VideoClips, load_split, load_test_set
@@ -26,6 +27,7 @@ from utils.checkpoint import load_checkpoint
 from utils.cli import CONFIG_DIR, resolve_config, video_parser
 from utils.errors import UserError, exit_on_user_error
 from utils.io import write_text
+from utils.metrics import max_balanced_accuracy
 from utils.runtime import environment, pick_device, set_seed
 
 DEBUG_BATCHES = 2
@@ -113,6 +115,7 @@ def test(model: EndToEndModel, config: dict, run_dir: Path, device: torch.device
     metrics = {"dataset": config["dataset"], "class": config["dataset"], "boundary": model.objective.boundary,
                "layers": model.objective.layer_indices, "nu": model.objective.nu, "seed": int(config["seed"]),
                "auc": m["combined"]["micro"], "auc_per_video_mean": m["combined"]["per_video_mean"],
+               "max_ba": max_balanced_accuracy(np.concatenate(scored.labels), np.concatenate(scored.combined)),
                "frame_auc": m, "radii": model.objective.radii(), "n_videos": len(scored.names),
                "n_frames": int(sum(len(l) for l in scored.labels)), "test_clips_per_s": n_clips / timings["test_s"],
                "timings": timings, "device": str(device), "input_shape": list(arch_shape)}

@@ -66,7 +66,8 @@ class Run:
     extras: tuple[tuple[str, str], ...] = ()
 
     def value(self, metric: str) -> float:
-        return float(self.metrics[metric])
+        """The metric, or NaN where this run does not report it."""
+        return float(self.metrics.get(metric, math.nan))
 
     @property
     def layers_label(self) -> str:
@@ -166,7 +167,8 @@ def per_seed(runs: Iterable[Run], metric: str) -> dict[int, float]:
     """Metric per seed (repeats of one seed averaged)."""
     by_seed: dict[int, list[float]] = defaultdict(list)
     for r in runs:
-        by_seed[r.seed].append(r.value(metric))
+        if metric in r.metrics:  # e.g. runs written before a metric existed
+            by_seed[r.seed].append(r.value(metric))
     return {s: float(np.mean(v)) for s, v in sorted(by_seed.items())}
 
 
