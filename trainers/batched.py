@@ -50,6 +50,7 @@ from trainers.one_class import ONE_CLASS_KIND, OneClassModel
 from trainers.pretrain import AE_KIND, epoch_generator
 from trainers.two_stage import DEBUG_BATCHES, _stage, choose_layers, debug_subset
 from utils import results
+from utils.batching import batch_slices
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.cli import CONFIG_DIR, cifar10_parser, resolve_config
 from utils.errors import UserError, exit_on_user_error
@@ -104,12 +105,7 @@ class StackedSource:
         n = len(self) if orders is None else int(orders.shape[1])
         if orders is not None:
             orders = orders.to(self.data.device)
-        for i, start in enumerate(range(0, n, batch_size)):
-            if limit is not None and i >= limit:
-                return
-            stop = min(start + batch_size, n)
-            if drop_singleton and stop - start == 1 and n > 1:
-                return
+        for start, stop in batch_slices(n, batch_size, limit, drop_singleton):
             if orders is None:
                 x = self.data[self.run_index, start:stop]  # (K, b, C, H, W)
             else:

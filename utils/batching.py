@@ -14,6 +14,21 @@ from torch import Tensor
 BatchTransform = Callable[[Tensor, Optional[torch.Generator]], Tensor]
 
 
+def batch_slices(n: int, batch_size: int, limit: int | None = None,
+                 drop_singleton: bool = False) -> Iterator[tuple[int, int]]:
+    """(start, stop) of each batch over ``n`` samples; at most ``limit`` batches.
+
+    ``drop_singleton`` skips a final batch of one sample (BatchNorm cannot train on it).
+    """
+    for i, start in enumerate(range(0, n, batch_size)):
+        if limit is not None and i >= limit:
+            return
+        stop = min(start + batch_size, n)
+        if drop_singleton and stop - start == 1 and n > 1:
+            return
+        yield start, stop
+
+
 @dataclass
 class TensorSource:
     """A resident training/test set plus an optional batch transform (e.g. uint8 -> float, augment)."""
@@ -31,15 +46,10 @@ class TensorSource:
 
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
                 limit: int | None = None, drop_singleton: bool = False) -> Iterator[Tensor]:
-        """Yield batches; ``drop_singleton`` skips a final batch of one sample (BatchNorm cannot train on it)."""
+        """Yield batches (see ``batch_slices`` for ``limit`` and ``drop_singleton``)."""
         n = len(self)
         order = self._order(n, generator) if shuffle or n != self.data.shape[0] else None
-        for i, start in enumerate(range(0, n, batch_size)):
-            if limit is not None and i >= limit:
-                return
-            stop = min(start + batch_size, n)
-            if drop_singleton and stop - start == 1 and n > 1:
-                return
+        for start, stop in batch_slices(n, batch_size, limit, drop_singleton):
             x = self.data[order[start:stop]] if order is not None else self.data[start:stop]
             yield self.transform(x, generator) if self.transform is not None else x
 
