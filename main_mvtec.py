@@ -46,7 +46,7 @@ def build_experiment(config: dict) -> ImageExperiment:
     return ImageExperiment(
         dataset="mvtec",
         class_name=spec.name,
-        train=TensorSource(data.train, train_transform, samples_per_epoch=int(config["samples_per_epoch"])),
+        train=TensorSource(data.train, train_transform, samples_per_epoch=config["samples_per_epoch"] or None),
         test=TensorSource(data.test, test_transform),
         test_labels=data.test_labels.numpy(),
         make_autoencoder=lambda: ResidualAutoencoder(input_size, zl),

@@ -3,6 +3,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from main_mvtec import main
 from tests.conftest import SHARED_DATA, expect_user_error, require
@@ -73,3 +74,17 @@ def test_one_pretrained_ae_serves_runs_with_and_without_selectors(tmp_path):
     plain = main(["-tr", "-tt", "-ck", ae, "--run-dir", str(tmp_path / "plain"), *common])
     selected = main(["-tr", "-tt", "-ck", ae, "--use-selectors", "--run-dir", str(tmp_path / "sel"), *common])
     assert plain["layers"] == selected["layers"] == [4, 5, 6]
+
+
+def test_samples_per_epoch_sets_the_epoch_length(tmp_path):
+    root = tmp_path / "mvtec"
+    make_mvtec_category(root, "bottle", n_train=3, n_good=1, n_defect=1, size=64)
+    common = ["-ptr", "-nc", "bottle", "-dp", str(root), "--image-size", "32", *FAST, "-bs", "2"]
+    main([*common, "--samples-per-epoch", "8", "--run-dir", str(tmp_path / "a")])
+    history = torch.load(tmp_path / "a" / "ae.pt", weights_only=False)["history"]
+    main([*common, "--samples-per-epoch", "0", "--run-dir", str(tmp_path / "b")])
+    one_pass = torch.load(tmp_path / "b" / "ae.pt", weights_only=False)["history"]
+    assert len(history) == len(one_pass) == 1
+    from utils.batching import TensorSource
+    assert TensorSource(torch.zeros(3, 1), samples_per_epoch=8).n_batches(2) == 4
+    assert history[0]["loss"] != one_pass[0]["loss"]  # 4 batches of 2 vs 2 batches (3 images, last of one dropped)

@@ -6,6 +6,7 @@ writes the run folder.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +89,7 @@ def run_two_stage(exp: ImageExperiment, config: dict[str, Any], log: Callable[[s
     channels_last = bool(config.get("channels_last")) and exp.train.data.dim() == 4
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     prepare = (lambda x: x.contiguous(memory_format=fmt)) if channels_last else (lambda x: x)
-    train = TensorSource(exp.train.data.to(device), exp.train.transform)
+    train = dataclasses.replace(exp.train, data=exp.train.data.to(device))  # keeps transform, samples_per_epoch
     timings: dict[str, float] = {}
 
     def build_ae() -> nn.Module:

@@ -93,7 +93,7 @@ def mvtec_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", dest="image_size", type=int, default=128,
                    help="side of the resized object images (paper: 128; smaller is a CPU shortcut); textures: 512")
     p.add_argument("--samples-per-epoch", dest="samples_per_epoch", type=int, default=50000,
-                   help="augmented training samples per epoch (authors: a cache of 50,000)")
+                   help="augmented training samples per epoch (authors: a cache of 50,000); 0 = one pass over the images")
     return p
 
 
