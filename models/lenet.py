@@ -24,6 +24,22 @@ def _bn2d(c: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(c, eps=BN_EPS, affine=False)
 
 
+def conv_block_outputs(blocks, x: Tensor, upto: int) -> tuple[list[Tensor], Tensor | None]:
+    """Run (conv, bn) blocks (conv -> BN -> LeakyReLU -> max-pool), collecting the raw conv outputs.
+
+    Stops once layer ``upto`` is collected (returns None as the input of the next layer); otherwise
+    also returns the pooled output of the last block.
+    """
+    outs: list[Tensor] = []
+    for conv, bn in blocks:
+        x = conv(x)
+        outs.append(x)
+        if len(outs) > upto:
+            return outs, None
+        x = F.max_pool2d(F.leaky_relu(bn(x)), 2)
+    return outs, x
+
+
 class LeNetEncoder(nn.Module):
     """3x32x32 -> code of size ``code_length``; ``layer_outputs`` exposes the raw layer outputs."""
 
@@ -42,14 +58,9 @@ class LeNetEncoder(nn.Module):
 
     def layer_outputs(self, x: Tensor, upto: int = LAST_LAYER) -> list[Tensor]:
         """Raw outputs of layers 0..upto (conv outputs before BN/activation/pooling, as the taps)."""
-        outs: list[Tensor] = []
-        for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
-            x = conv(x)
-            outs.append(x)
-            if len(outs) > upto:
-                return outs
-            x = F.max_pool2d(F.leaky_relu(bn(x)), 2)
-        outs.append(self.fc1(x.flatten(1)))
+        outs, x = conv_block_outputs(((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)), x, upto)
+        if x is not None:
+            outs.append(self.fc1(x.flatten(1)))
         return outs
 
     def forward(self, x: Tensor) -> Tensor:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.lenet import BN_EPS, LAST_LAYER, LeNetAutoencoder, LeNetDecoder, LeNetEncoder, _GAIN, check_layer_indices
+from models.lenet import BN_EPS, LAST_LAYER, LeNetAutoencoder, LeNetDecoder, LeNetEncoder, _GAIN, check_layer_indices, conv_block_outputs
 
 _CONVS = ("conv1", "conv2", "conv3")
 _ENC_BNS = ("bn1", "bn2", "bn3")
@@ -110,13 +110,9 @@ class GroupedLeNetEncoder(nn.Module):
 
     def layer_outputs(self, x: Tensor, upto: int = LAST_LAYER) -> list[Tensor]:
         """Raw outputs of layers 0..upto: conv maps as ``(B, K*C, H, W)``, the fc1 code as ``(K, B, zl)``."""
-        outs: list[Tensor] = []
-        for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
-            x = conv(x)
-            outs.append(x)
-            if len(outs) > upto:
-                return outs
-            x = F.max_pool2d(F.leaky_relu(bn(x)), 2)
+        outs, x = conv_block_outputs(((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)), x, upto)
+        if x is None:
+            return outs
         b = x.shape[0]
         flat = x.reshape(b, self.k, -1).transpose(0, 1)  # (K, B, 128*4*4), per-run flatten order as LeNet
         outs.append(self.fc1(flat))

@@ -10,6 +10,12 @@ SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 CIFAR10_DATA = SHARED_DATA / "cifar10"
 
 
+@pytest.fixture
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Point the decode cache at this test session's temp folder (never the user's ~/.cache/mocca)."""
+    monkeypatch.setenv("MOCCA_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
 def require(path: Path) -> Path:
     """Skip the test when a shared data folder is absent (e.g. a user's clone without ../shared)."""
     if not path.exists():

@@ -41,8 +41,8 @@ def data_root(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MOCCA_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+def _cache(isolated_cache):
+    """Every test here decodes into the session's temp cache."""
 
 
 @pytest.fixture(autouse=True)

@@ -17,8 +17,8 @@ from utils.errors import UserError
 
 
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOCCA_CACHE", str(tmp_path / "cache"))
+def _cache(isolated_cache):
+    """Every test here decodes into the session's temp cache."""
 
 
 def test_gcn_l1_by_hand():

@@ -18,8 +18,8 @@ def data_root(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MOCCA_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+def _cache(isolated_cache):
+    """Every test here decodes into the session's temp cache."""
 
 
 def run(data_root, run_dir, *flags):

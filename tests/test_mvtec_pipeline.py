@@ -14,8 +14,8 @@ FAST = ["--preset", "cpu", "-ae", "1", "-e", "2", "-we", "1", "-bs", "4", "--sam
 
 
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOCCA_CACHE", str(tmp_path / "cache"))
+def _cache(isolated_cache):
+    """Every test here decodes into the session's temp cache."""
 
 
 def test_object_category_all_stages(tmp_path):

@@ -15,8 +15,8 @@ FAST = ["--frame-size", "32", "48", "-zl", "32", "-hs", "8", "-bs", "2", "--clip
 
 
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOCCA_CACHE", str(tmp_path / "cache"))
+def _cache(isolated_cache):
+    """Every test here decodes into the session's temp cache."""
 
 
 def ped2_subset(tmp_path, clips=("01", "02")):
