@@ -69,7 +69,8 @@ def train(config: dict, run_dir: Path, layers: list[int], device: torch.device, 
     settings = StageSettings("train", epochs=1 if config["debug"] else int(config["epochs"]),
                              learning_rate=float(config["learning_rate"]), weight_decay=float(config["weight_decay"]),
                              milestones=[int(m) for m in config["lr_milestones"]], optimizer=config["optimizer"],
-                             progress=not config["no_progress"], amp=bool(config["amp"]))
+                             progress=not config["no_progress"], amp=bool(config["amp"]),
+                             compile=bool(config["compile"]))
     full_arch = {**arch, "layers": layers, "boundary": config["boundary"], "nu": float(config["nu"])}
     history = train_end_to_end(model, sample, n_batches, settings, int(config["warm_up_n_epochs"]),
                                run_dir / results.MODEL_CHECKPOINT, full_arch, seed,

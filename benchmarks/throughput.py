@@ -1,11 +1,17 @@
 """Throughput: the bare model step on synthetic tensors vs the real pipeline on real data.
 
-For each dataset model and stage (AE pretraining, one-class training, scoring) this prints
-images/s of (a) the bare step (a fixed synthetic batch, forward + backward + Adam, nothing else)
-and (b) the project's pipeline on the shared data (batching, augmentation, logging, checkpointing
-included), and their ratio. Target: ratio <= 1.2.
+For each dataset model and stage (AE pretraining, one-class training, end-to-end video training,
+scoring) this prints images/s (clips/s for video) of (a) the bare step (a fixed synthetic batch,
+forward + backward + Adam, nothing else) and (b) the project's pipeline on the shared data
+(batching, augmentation, logging, checkpointing included), and their ratio. Target: ratio <= 1.2.
 
-    .venv/bin/python -m benchmarks.throughput cifar10 [--device cpu|cuda] [--channels-last] [--batches 20]
+With --compile both are measured with the model compiled (torch.compile, inductor): the bare step
+through ``trainers.engine.compile_in_place``, the pipeline through its own ``--compile`` setting.
+The compilation happens in the untimed warm-up (bare: first two steps; pipeline: first epoch or
+scoring pass) and is printed as its own column: the seconds of the bare step's two warm-up steps.
+
+    .venv/bin/python -m benchmarks.throughput cifar10 mvtec video [--device cpu|cuda] [--channels-last]
+        [--compile] [--batches 20]
 """
 from __future__ import annotations
 
@@ -13,12 +19,12 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from trainers.engine import StageSettings
+from trainers.engine import StageSettings, compile_in_place
 from trainers.evaluate import test_distances
 from trainers.objective import MultiLayerObjective, compute_centroids
 from trainers.one_class import OneClassModel, train_one_class
@@ -34,13 +40,36 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bare_steps(model: nn.Module, loss_fn: Callable[[Tensor], Tensor], x: Tensor, n: int, train: bool = True) -> float:
-    """images/s of n identical steps on one resident batch (2 warm-up steps not timed)."""
+class Bare(NamedTuple):
+    """Throughput of the bare step and the time of its untimed warm-up (the compilation with --compile)."""
+
+    per_s: float
+    warm_up_s: float
+
+
+class Row(NamedTuple):
+    """One line of the table."""
+
+    stage: str
+    bare: Bare
+    pipeline: float
+
+
+def bare_steps(model: nn.Module, loss_fn: Callable[[Tensor], Tensor], x: Tensor, n: int, train: bool = True,
+               compile: bool = False) -> Bare:
+    """items/s of n identical steps on one resident batch (2 warm-up steps, timed apart, not counted).
+
+    With ``compile`` the model is compiled in place first, so ``loss_fn``'s calls of it run compiled.
+    """
+    if compile:
+        compile_in_place(model)
     opt = torch.optim.Adam(model.parameters(), 1e-4) if train else None
     model.train(train)
+    t0 = time.perf_counter()
     for i in range(n + 2):
         if i == 2:
             _sync(x.device)
+            warm_up = time.perf_counter() - t0
             t0 = time.perf_counter()
         if train:
             loss = loss_fn(x)
@@ -51,7 +80,7 @@ def bare_steps(model: nn.Module, loss_fn: Callable[[Tensor], Tensor], x: Tensor,
             with torch.no_grad():
                 loss_fn(x)
     _sync(x.device)
-    return n * x.shape[0] / (time.perf_counter() - t0)
+    return Bare(n * x.shape[0] / (time.perf_counter() - t0), warm_up)
 
 
 def pipeline_epoch(run: Callable[[Path], list], n_images: int, device: torch.device) -> float:
@@ -61,7 +90,18 @@ def pipeline_epoch(run: Callable[[Path], list], n_images: int, device: torch.dev
     return n_images / history[-1]["seconds"]
 
 
-def cifar10(args: argparse.Namespace, device: torch.device) -> list[tuple[str, float, float]]:
+def second_pass(run: Callable[[], object], n_items: int, device: torch.device) -> float:
+    """items/s of the second of two identical scoring passes (warm-up and compilation excluded, as
+    the training rows time the second epoch)."""
+    run()
+    _sync(device)
+    t0 = time.perf_counter()
+    run()
+    _sync(device)
+    return n_items / (time.perf_counter() - t0)
+
+
+def cifar10(args: argparse.Namespace, device: torch.device) -> list[Row]:
     from datasets.cifar10 import load_one_class
     from models.lenet import LeNetAutoencoder, PooledFeatureNet
 
@@ -72,38 +112,36 @@ def cifar10(args: argparse.Namespace, device: torch.device) -> list[tuple[str, f
     train = TensorSource(data.train[: bs * n_b].to(device))
     n = len(train)
     x = prep(torch.rand(bs, 3, 32, 32, device=device))
-    settings = lambda name: StageSettings(name, epochs=2, learning_rate=1e-4, weight_decay=5e-7, progress=False)  # noqa: E731
+    settings = lambda name: StageSettings(name, epochs=2, learning_rate=1e-4, weight_decay=5e-7,  # noqa: E731
+                                          progress=False, compile=args.compile)
     rows = []
 
     torch.manual_seed(0)
     ae = LeNetAutoencoder(128).to(device, memory_format=fmt)
-    bare = bare_steps(ae, lambda b: reconstruction_loss(b, ae(b)), x, n_b)
+    bare = bare_steps(ae, lambda b: reconstruction_loss(b, ae(b)), x, n_b, compile=args.compile)
     ae = LeNetAutoencoder(128).to(device, memory_format=fmt)
     pipe = pipeline_epoch(lambda p: pretrain_autoencoder(ae, train, settings("pretrain"), bs, p, {}, 0, device=device,
                                                          prepare=prep, log=lambda s: None), n, device)
-    rows.append(("cifar10 AE pretraining", bare, pipe))
+    rows.append(Row("cifar10 AE pretraining", bare, pipe))
 
     layers = [0, 1, 2, 3]
     net = PooledFeatureNet(ae.encoder, layers)
     centers = compute_centroids(net, (prep(b) for b in train.batches(bs)))
     obj = MultiLayerObjective(centers, "soft", 0.1).to(device)
-    bare = bare_steps(net, lambda b: obj.loss(obj.distances(net(b))), x, n_b)
+    bare = bare_steps(net, lambda b: obj.loss(obj.distances(net(b))), x, n_b, compile=args.compile)
     model = OneClassModel(net, obj)
     pipe = pipeline_epoch(lambda p: train_one_class(model, train, settings("train"), bs, 0, p, {}, 0, device=device,
                                                     prepare=prep, log=lambda s: None), n, device)
-    rows.append(("cifar10 one-class training", bare, pipe))
+    rows.append(Row("cifar10 one-class training", bare, pipe))
 
-    bare = bare_steps(net, lambda b: obj.distances(net(b)), x, n_b, train=False)
+    bare = bare_steps(net, lambda b: obj.distances(net(b)), x, n_b, train=False, compile=args.compile)
     test = TensorSource(data.test.to(device))
-    _sync(device)
-    t0 = time.perf_counter()
-    test_distances(net, obj, test.batches(bs), prepare=prep)
-    _sync(device)
-    rows.append(("cifar10 scoring", bare, len(test) / (time.perf_counter() - t0)))
+    pipe = second_pass(lambda: test_distances(net, obj, test.batches(bs), prepare=prep), len(test), device)
+    rows.append(Row("cifar10 scoring", bare, pipe))
     return rows
 
 
-def mvtec(args: argparse.Namespace, device: torch.device) -> list[tuple[str, float, float]]:
+def mvtec(args: argparse.Namespace, device: torch.device) -> list[Row]:
     """bottle at 128x128: resident uint8 images, batched rotation and scaling inside the pipeline."""
     from datasets.mvtec import load_mvtec, to_model_range, train_batch_transform
     from models.residual2d import ResidualAutoencoder
@@ -115,17 +153,78 @@ def mvtec(args: argparse.Namespace, device: torch.device) -> list[tuple[str, flo
     augment = train_batch_transform("bottle")
     train = TensorSource(data.train.to(device), lambda b, g: to_model_range(augment(b, g)), samples_per_epoch=bs * n_b)
     x = prep(torch.rand(bs, 3, 128, 128, device=device) * 2 - 1)
-    settings = StageSettings("pretrain", epochs=2, learning_rate=1e-4, weight_decay=5e-7, progress=False)
+    settings = StageSettings("pretrain", epochs=2, learning_rate=1e-4, weight_decay=5e-7, progress=False,
+                             compile=args.compile)
     torch.manual_seed(0)
     ae = ResidualAutoencoder(128, 128).to(device, memory_format=fmt)
-    bare = bare_steps(ae, lambda b: reconstruction_loss(b, ae(b)), x, n_b)
+    bare = bare_steps(ae, lambda b: reconstruction_loss(b, ae(b)), x, n_b, compile=args.compile)
     ae = ResidualAutoencoder(128, 128).to(device, memory_format=fmt)
     pipe = pipeline_epoch(lambda p: pretrain_autoencoder(ae, train, settings, bs, p, {}, 0, device=device,
                                                          prepare=prep, log=lambda s: None), bs * n_b, device)
-    return [("mvtec bottle AE pretraining (128 px)", bare, pipe)]
+    return [Row("mvtec bottle AE pretraining (128 px)", bare, pipe)]
 
 
-DATASETS = {"cifar10": cifar10, "mvtec": mvtec}
+def ped2_config() -> dict:
+    """The shipped configs/ped2.yaml resolved as main_shanghaitech.py resolves it."""
+    from utils.cli import CONFIG_DIR, resolve_config, video_parser
+
+    config = resolve_config(video_parser(), ["--config", str(CONFIG_DIR / "ped2.yaml")])
+    config["use_selectors"] = bool(config["use_selectors"] or config.pop("use_selectors_video"))
+    return config
+
+
+def video(args: argparse.Namespace, device: torch.device) -> list[Row]:
+    """Ped2 end to end at the configs/ped2.yaml clip size and batch size (16 frames at 32x48, 4 clips).
+
+    The pipeline is ``train_end_to_end`` on clips drawn from the real training videos (decoded and
+    cached once, outside the timing); one epoch = --batches batches. Radii are re-estimated after
+    every step (warm-up 0), as in all epochs of a real run but the first ones. Scoring is
+    ``score_videos`` over every stride-1 window of test video 01 (165 clips).
+    """
+    from datasets.video import VideoClips, load_split, load_test_set
+    from main_shanghaitech import build_model, model_arch, remove_bg
+    from trainers.end_to_end import EndToEndModel, end_to_end_loss, initial_centroids, score_videos, train_end_to_end
+
+    config = ped2_config()
+    root, size, seed = SHARED / "ped2", tuple(config["frame_size"]), int(config["seed"])
+    bs, n_b, w = int(config["batch_size"]), args.batches, float(config["recon_weight"])
+    names, videos = load_split(root, "ped2", "training", size, remove_bg(config))
+    clips = VideoClips(videos, int(config["clip_length"]), names)
+    arch = model_arch(config, (3, clips.clip_length, *clips.frame_shape))
+    layers = [int(i) for i in config["idx_list_enc"]]
+    sample = lambda gen: clips.sample_batch(bs, gen).to(device)  # noqa: E731
+
+    def fresh_model() -> EndToEndModel:
+        torch.manual_seed(seed)
+        net = build_model(arch, layers, float(config["dropout"])).to(device)
+        centers = initial_centroids(net, sample, n_b, seed)
+        return EndToEndModel(net, MultiLayerObjective(centers, config["boundary"], float(config["nu"]))).to(device)
+
+    x = torch.rand(bs, *arch["input_shape"], device=device)
+    model = fresh_model()
+    bare = bare_steps(model.net, lambda b: end_to_end_loss(model, b, w).total, x, n_b, compile=args.compile)
+    settings = StageSettings("train", epochs=2, learning_rate=float(config["learning_rate"]),
+                             weight_decay=float(config["weight_decay"]), optimizer=config["optimizer"],
+                             progress=False, compile=args.compile)
+    model = fresh_model()
+    full_arch = {**arch, "layers": layers, "boundary": config["boundary"], "nu": float(config["nu"])}
+    run = lambda p: train_end_to_end(model, sample, n_b, settings, 0, p, full_arch, seed,  # noqa: E731
+                                     recon_weight=w, device=device, log=lambda s: None)
+    pipe = pipeline_epoch(run, bs * n_b, device)
+    rows = [Row(f"ped2 end-to-end training, clips/s ({bs} x 3x{clips.clip_length}x{size[0]}x{size[1]})", bare, pipe)]
+
+    tbs = int(config["test_batch_size"])
+    bare = bare_steps(model.net, lambda b: model.objective.distances(model.net(b)[1]),
+                      torch.rand(tbs, *arch["input_shape"], device=device), n_b, train=False, compile=args.compile)
+    t_names, t_videos, t_labels = load_test_set(root, "ped2", size, remove_bg(config), config["labels"])
+    test = VideoClips(t_videos, clips.clip_length, t_names)
+    pipe = second_pass(lambda: score_videos(model, test, t_labels, tbs, device, progress=False, max_videos=1),
+                       test.n_windows(0), device)
+    rows.append(Row(f"ped2 scoring, clips/s (test video {t_names[0]}, batch {tbs})", bare, pipe))
+    return rows
+
+
+DATASETS = {"cifar10": cifar10, "mvtec": mvtec, "video": video}
 
 
 def main(argv=None) -> None:
@@ -133,15 +232,24 @@ def main(argv=None) -> None:
     p.add_argument("datasets", nargs="*", default=["cifar10"], choices=sorted(DATASETS))
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (bare step and pipeline)")
     p.add_argument("--batches", type=int, default=20, help="batches per timed epoch")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    print(f"device {device}, threads {torch.get_num_threads()}, channels_last {args.channels_last}")
-    print("| stage | bare img/s | pipeline img/s | bare/pipeline |")
-    print("|---|---|---|---|")
+    print(f"device {device}, threads {torch.get_num_threads()}, channels_last {args.channels_last}, "
+          f"compile {args.compile}")
+    extra = " bare compile s (2 warm-up steps) |" if args.compile else ""
+    print("| stage | bare img/s | pipeline img/s | bare/pipeline |" + extra)
+    print("|---|---|---|---|" + ("---|" if args.compile else ""))
     for name in args.datasets:
         for stage, bare, pipe in DATASETS[name](args, device):
-            print(f"| {stage} | {bare:.0f} | {pipe:.0f} | {bare / pipe:.2f} |", flush=True)
+            warm = f" {bare.warm_up_s:.1f} |" if args.compile else ""
+            print(f"| {stage} | {_rate(bare.per_s)} | {_rate(pipe)} | {bare.per_s / pipe:.2f} |" + warm, flush=True)
+
+
+def _rate(per_s: float) -> str:
+    """Whole numbers for images/s; one decimal where a rate is small (video clips/s)."""
+    return f"{per_s:.0f}" if per_s >= 100 else f"{per_s:.1f}"
 
 
 if __name__ == "__main__":

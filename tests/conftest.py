@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
@@ -14,6 +15,15 @@ CIFAR10_DATA = SHARED_DATA / "cifar10"
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Point the decode cache at this test session's temp folder (never the user's ~/.cache/mocca)."""
     monkeypatch.setenv("MOCCA_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: the machine is shared, and 2 spinning OpenMP threads are 30x slower here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def require(path: Path) -> Path:

@@ -46,12 +46,8 @@ def _cache(isolated_cache):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the machine is shared, and 2 spinning OpenMP threads are 30x slower here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs on one intra-op thread."""
 
 
 @pytest.fixture

@@ -334,6 +334,9 @@ def _check(runs: Sequence[RunSpec], config: dict[str, Any]) -> None:
         raise UserError("--run-dir names one run folder; batched runs go to <--out>/cifar10/<class>/<run name>")
     if config.get("model_ckp"):
         raise UserError("-ck is not supported by trainers.batched: it always runs all stages")
+    if config.get("compile"):
+        raise UserError("--compile is not supported by trainers.batched (its grouped model has its own loop); "
+                        "drop --compile or run main_cifar10.py")
     zl = int(config["code_length"])
     if zl <= 0 or zl % 16:
         raise UserError(f"-zl {zl}: the CIFAR-10 code length must be a positive multiple of 16")

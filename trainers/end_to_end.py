@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -44,6 +44,24 @@ class EndToEndModel(nn.Module):
         self.objective = objective
 
 
+class EndToEndLoss(NamedTuple):
+    """The training loss of one clip batch, its two parts, and the per-head distances (for the radii)."""
+
+    total: Tensor
+    one_class: Tensor
+    recon: Tensor
+    distances: dict[int, Tensor]
+
+
+def end_to_end_loss(model: EndToEndModel, x: Tensor, recon_weight: float = 1.0) -> EndToEndLoss:
+    """Multi-layer one-class loss + ``recon_weight`` x reconstruction loss (shared with the benchmarks)."""
+    x_rec, feats = model.net(x)
+    dist = model.objective.distances(feats)
+    one_class = model.objective.loss(dist)
+    recon = reconstruction_loss(x, x_rec)
+    return EndToEndLoss(one_class + recon_weight * recon, one_class, recon, dist)
+
+
 def initial_centroids(net: nn.Module, sample: Callable[[torch.Generator | None], Tensor], n_batches: int,
                       seed: int) -> dict[int, Tensor]:
     """Centroids of the untrained model over ``n_batches`` random training clips (eval mode)."""
@@ -70,15 +88,11 @@ def train_end_to_end(
     objective = model.objective
 
     def step(x: Tensor, epoch: int):
-        x = x.to(device, non_blocking=True)
-        x_rec, feats = model.net(x)
-        dist = objective.distances(feats)
-        one_class = objective.loss(dist)
-        recon = reconstruction_loss(x, x_rec)
+        out = end_to_end_loss(model, x.to(device, non_blocking=True), recon_weight)
         hook = None
         if objective.boundary == "soft" and epoch >= warm_up_epochs:
-            hook = lambda: objective.update_radii(dist)  # noqa: E731
-        return one_class + recon_weight * recon, hook, {"one_class": one_class.detach(), "recon": recon.detach()}
+            hook = lambda: objective.update_radii(out.distances)  # noqa: E731
+        return out.total, hook, {"one_class": out.one_class.detach(), "recon": out.recon.detach()}
 
     def batches(epoch: int):
         gen = epoch_generator(seed, epoch)
@@ -86,7 +100,7 @@ def train_end_to_end(
 
     radii = lambda: {f"radius_{k}": r for k, r in objective.radii().items()}  # noqa: E731
     return fit(model, model.net.parameters(), step, batches, n_batches, settings, checkpoint, END_TO_END_KIND,
-               arch, resume=resume, device=device, log=log, extra_payload=radii)
+               arch, resume=resume, device=device, log=log, extra_payload=radii, forward_module=model.net)
 
 
 @dataclass

@@ -65,4 +65,4 @@ def train_one_class(
     radii = lambda: {f"radius_{k}": r for k, r in model.objective.radii().items()}  # noqa: E731
     return fit(model, model.net.parameters(), one_class_step(model, warm_up_epochs, prepare), batches,
                source.n_batches(batch_size, limit), settings, checkpoint, ONE_CLASS_KIND, arch,
-               resume=resume, device=device, log=log, extra_payload=radii)
+               resume=resume, device=device, log=log, extra_payload=radii, forward_module=model.net)

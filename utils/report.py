@@ -45,7 +45,7 @@ HOLISTIC_LAYERS = {"cifar10": (3,)}  # the last layer only (runs without the 'ho
 IGNORED_KEYS = frozenset({
     "seed", "run_dir", "model_ckp", "output_path", "pretrain", "train", "test", "resume", "no_progress", "device",
     "data_path", "config_file", "presets", "idx_list_enc", "boundary", "normal_class", "n_workers", "download",
-    "channels_last", "train_best_conf",
+    "channels_last", "compile", "train_best_conf",
 })
 
 
