@@ -34,7 +34,7 @@ def build_experiment(config: dict) -> ImageExperiment:
     if not spec.is_texture and int(config["image_size"]) != spec.image_size:  # a smaller CPU setting
         input_size = int(config["image_size"])
         data.train, data.test = (downscale(t, input_size) for t in (data.train, data.test))
-    augment = train_batch_transform(spec.name)
+    augment = train_batch_transform(spec.name, rotation=bool(config["rotation"]))
 
     def train_transform(batch, generator):  # augment on uint8 (cheap), then scale to [-1, 1]
         return to_model_range(augment(batch, generator))

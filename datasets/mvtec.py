@@ -388,20 +388,22 @@ def random_rotated_patches(batch: torch.Tensor, degrees: tuple[float, float], pa
 BatchTransform = Callable[..., torch.Tensor]
 
 
-def train_batch_transform(category: str, mode: str = "nearest") -> BatchTransform:
+def train_batch_transform(category: str, mode: str = "nearest", rotation: bool = True) -> BatchTransform:
     """Training augmentation for ``category`` as ``fn(batch, generator=None) -> batch``.
 
     Objects: random rotation when the range is non-zero (else identity). Textures: random
     rotation then one random PATCH_SIZE patch per image (fused, see ``rotated_crop``).
+    ``rotation=False`` drops the rotation (textures still get their random patch).
     Works on uint8 or float batches, on any device.
     """
     spec = category_spec(category)
+    degrees = spec.rotation if rotation else (0.0, 0.0)
 
     def objects(batch: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        return random_rotate(batch, spec.rotation, generator, mode)
+        return random_rotate(batch, degrees, generator, mode)
 
     def textures(batch: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        return random_rotated_patches(batch, spec.rotation, PATCH_SIZE, generator, mode)
+        return random_rotated_patches(batch, degrees, PATCH_SIZE, generator, mode)
 
     return textures if spec.is_texture else objects
 

@@ -39,6 +39,22 @@ def test_texture_scores_are_max_over_64_patches(tmp_path):
 
 
 
+def test_recalibrated_statistics_are_saved_with_the_model(tmp_path):
+    """--recalibrate-bn changes the tested BatchNorm statistics; a later -tt from model.pt sees the same ones."""
+    root = tmp_path / "mvtec"
+    make_mvtec_category(root, "hazelnut", n_train=6, n_good=3, n_defect=2, size=64)
+    common = ["-nc", "hazelnut", "-dp", str(root), "--image-size", "32", "--use-selectors", "-ile", "4", *FAST]
+    main(["-ptr", "--run-dir", str(tmp_path / "ae"), *common])
+    ae = str(tmp_path / "ae" / "ae.pt")
+    runs = {flag: main(["-tr", "-tt", "-ck", ae, flag, "--run-dir", str(tmp_path / flag), *common])
+            for flag in ("--recalibrate-bn", "--no-recalibrate-bn")}
+    assert runs["--recalibrate-bn"]["layers"] == runs["--no-recalibrate-bn"]["layers"] == [4]
+    reloaded = main(["-tt", "-ck", str(tmp_path / "--recalibrate-bn" / "model.pt"), "--run-dir", str(tmp_path / "t"),
+                     *common])
+    scores = lambda run: [r["score"] for r in csv.DictReader(open(tmp_path / run / "scores.csv"))]  # noqa: E731
+    assert scores("t") == scores("--recalibrate-bn") != scores("--no-recalibrate-bn")
+
+
 def test_errors(tmp_path, capsys):
     root = tmp_path / "mvtec"
     make_mvtec_category(root, "bottle", n_train=2, n_good=1, n_defect=1, size=64)
@@ -48,21 +64,20 @@ def test_errors(tmp_path, capsys):
     assert "layer indices" in msg
 
 
-def test_real_bottle_short_run(tmp_path):
-    """A short run on the real bottle data at a reduced size: the pipeline runs and writes sane metrics.
+def test_real_bottle_short_run_detects_anomalies(tmp_path):
+    """The CPU preset at 64 px on the real bottle data: 10 AE + 6 one-class passes over the 209 images.
 
-    Such a short CPU run does not learn bottle reliably (AUC swings around 0.5 between settings;
-    see the README's MVTec benchmark), so this checks the bookkeeping, not the quality.
+    Seeds 0-2 of this setting gave AUC 0.79-0.84 (README, MVTec diagnostics); chance is 0.5 and the
+    32 anomalous / 10 normal test images make a single run's AUC move by about 0.05, so 0.65 leaves room
+    for noise while a broken pipeline (stale statistics, wrong centroid, flipped labels) fails it.
     """
     data = require(SHARED_DATA / "mvtec" / "bottle").parent
     m = main(["-ptr", "-tr", "-tt", "-nc", "bottle", "-dp", str(data), "--preset", "cpu", "--image-size", "64",
-              "--samples-per-epoch", "256", "-ae", "2", "-e", "2", "-bs", "32", "-bd", "hard", "-ile", "6",
-              "--run-dir", str(tmp_path / "r"), "--no-progress"])
+              "--use-selectors", "-bd", "hard", "--run-dir", str(tmp_path / "r"), "--no-progress"])
     saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert saved["n_test"] == 42 and saved["n_anomalous"] == 32
-    assert 0.0 <= saved["auc"] <= 1.0 and saved["score_std"] > 0
-    assert set(saved["per_layer"]) == {"6"} and saved["max_ba"] >= 0.5  # maxBA >= 0.5 by definition
-    assert m["auc"] == pytest.approx(saved["auc"])
+    assert set(saved["per_layer"]) == {"4", "5", "6"} and m["auc"] == pytest.approx(saved["auc"])
+    assert saved["auc"] > 0.65, f"bottle AUC {saved['auc']:.3f} is near chance"
 
 
 def test_one_pretrained_ae_serves_runs_with_and_without_selectors(tmp_path):

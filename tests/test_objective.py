@@ -110,3 +110,27 @@ def test_new_head_batchnorm_is_calibrated_before_centroids_and_encoder_stats_kep
     mean_in = torch.cat([net.encoder.eval()(x) for x in data]).mean(0)
     assert net.selectors["0"].running_mean.tolist() == pytest.approx(mean_in.tolist(), abs=1e-4)
     assert net.selectors["0"].momentum == 0.1
+
+
+def test_recalibrated_batchnorm_makes_eval_mode_match_train_mode():
+    """After a few big steps the running averages lag; one pass over the data re-estimates them."""
+    from trainers.objective import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    data = torch.randn(256, 3) * 2 + 1
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    for _ in range(3):  # large steps: the running mean cannot follow
+        opt.zero_grad()
+        (net(data) - 3).pow(2).mean().backward()
+        opt.step()
+    net.train()
+    with torch.no_grad():
+        train_mode = net(data)
+    lagging = net.eval()(data)
+    assert not torch.allclose(lagging, train_mode, atol=1e-2)
+    assert recalibrate_batchnorm(net, [data[:128], data[128:]]) == 1
+    assert not net.training  # mode restored
+    with torch.no_grad():
+        assert torch.allclose(net(data), train_mode, atol=2e-2)  # only the unbiased-variance factor differs
+    assert net[1].momentum == 0.1

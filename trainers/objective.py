@@ -47,7 +47,32 @@ def push_from_zero(center: Tensor, eps: float = CENTROID_EPS) -> Tensor:
     return center
 
 
+def _batchnorms(module: nn.Module | None) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if module is not None else []
+
+
 @torch.no_grad()
+def _reestimate(feature_net: nn.Module, scope: nn.Module, batches: Iterable[Tensor]) -> int:
+    """Replace the running statistics of every BatchNorm in ``scope`` (part of ``feature_net``) by
+    their average over ``batches``: one no-grad pass with ``scope`` in train mode, the rest in eval mode."""
+    bns = _batchnorms(scope)
+    if not bns:
+        return 0
+    was_training = feature_net.training
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the whole pass
+    feature_net.eval()
+    scope.train()
+    for x in batches:
+        feature_net(x)
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+    feature_net.train(was_training)
+    return len(bns)
+
+
 def calibrate_new_batchnorm(feature_net: nn.Module, batches: Iterable[Tensor]) -> int:
     """Estimate the running statistics of BatchNorm layers in freshly built heads (``feature_net.selectors``).
 
@@ -58,22 +83,18 @@ def calibrate_new_batchnorm(feature_net: nn.Module, batches: Iterable[Tensor]) -
     Returns the number of BatchNorm layers calibrated.
     """
     heads = getattr(feature_net, "selectors", None)
-    bns = [m for m in heads.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if heads is not None else []
-    if not bns:
-        return 0
-    was_training = feature_net.training
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average over the whole pass
-    feature_net.eval()
-    heads.train()
-    for x in batches:
-        feature_net(x)
-    for m, momentum in zip(bns, momenta):
-        m.momentum = momentum
-    feature_net.train(was_training)
-    return len(bns)
+    return _reestimate(feature_net, heads, batches) if heads is not None else 0
+
+
+def recalibrate_batchnorm(feature_net: nn.Module, batches: Iterable[Tensor]) -> int:
+    """Re-estimate the running statistics of every BatchNorm in ``feature_net`` with its current weights.
+
+    Training normalises with batch statistics; testing (and the centroids) with running averages that
+    lag behind weights which changed during the last ~1/momentum steps. After a short run (the CPU
+    presets take a few dozen steps) the lag is large: eval-mode distances of the training images can
+    be several times their train-mode values. One pass over the training set removes it ("precise BN").
+    """
+    return _reestimate(feature_net, feature_net, batches)
 
 
 @torch.no_grad()

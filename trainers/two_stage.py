@@ -18,12 +18,13 @@ from torch import Tensor, nn
 
 from trainers.engine import StageSettings
 from trainers.evaluate import score_and_evaluate, test_distances
-from trainers.objective import MultiLayerObjective, calibrate_new_batchnorm, compute_centroids
+from trainers.objective import (MultiLayerObjective, calibrate_new_batchnorm, compute_centroids,
+                                recalibrate_batchnorm)
 from trainers.one_class import ONE_CLASS_KIND, OneClassModel, train_one_class
 from trainers.pretrain import AE_KIND, pretrain_autoencoder
 from utils import results
 from utils.batching import TensorSource
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, replace_state
 from utils.errors import UserError
 from utils.runtime import environment, pick_device, set_seed
 
@@ -69,6 +70,7 @@ def _stage(config: dict[str, Any], name: str, prefix: str) -> StageSettings:
         milestones=[int(m) for m in config[f"{p}lr_milestones"]],
         progress=not config.get("no_progress", False),
         amp=bool(config.get("amp", False)),
+        compile=bool(config.get("compile", False)),
     )
 
 
@@ -115,7 +117,9 @@ def run_two_stage(exp: ImageExperiment, config: dict[str, Any], log: Callable[[s
         ae.load_state_dict(load_checkpoint(ae_path, AE_KIND, exp.arch)["state"])
         net = exp.make_feature_net(ae.encoder, layers).to(device, memory_format=fmt)  # encoder starts pretrained
         t0 = time.perf_counter()
-        calibrate_new_batchnorm(net, (prepare(x) for x in train.batches(bs, limit=limit, drop_singleton=True)))
+        recalibrate = bool(config.get("recalibrate_bn"))
+        calibration = lambda: (prepare(x) for x in train.batches(bs, limit=limit, drop_singleton=True))  # noqa: E731
+        (recalibrate_batchnorm if recalibrate else calibrate_new_batchnorm)(net, calibration())
         centers = compute_centroids(net, (prepare(x) for x in train.batches(bs, limit=limit)))
         timings["centroids_s"] = time.perf_counter() - t0
         model = OneClassModel(net, MultiLayerObjective(centers, config["boundary"], float(config["nu"]))).to(device)
@@ -124,6 +128,9 @@ def run_two_stage(exp: ImageExperiment, config: dict[str, Any], log: Callable[[s
         history = train_one_class(model, train, _stage(config, "train", "oc"), bs, int(config["warm_up_n_epochs"]),
                                   model_path, oc_arch, seed, resume=config["resume"], device=device, limit=limit,
                                   prepare=prepare, log=log)
+        if recalibrate:  # the checkpoint then holds the statistics that are tested
+            recalibrate_batchnorm(model.net, calibration())
+            replace_state(model_path, ONE_CLASS_KIND, model.state_dict())
         timings["train_s"] = time.perf_counter() - t0
         results.write_history(run_dir / "train_log.csv", history)
     elif config["test"]:

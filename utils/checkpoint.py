@@ -43,3 +43,10 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...], arch: dict[st
             text = ", ".join(f"{k}: checkpoint {a!r} vs this run {b!r}" for k, (a, b) in diff.items())
             raise UserError(f"checkpoint {path} is for another architecture ({text}); pass matching flags")
     return ckpt
+
+
+def replace_state(path: str | Path, kind: str, state: dict[str, Any]) -> None:
+    """Rewrite the model weights of an existing checkpoint (atomically), keeping everything else."""
+    ckpt = load_checkpoint(path, kind)
+    payload = {k: v for k, v in ckpt.items() if k not in ("format", "kind", "arch")}
+    save_checkpoint(path, kind, ckpt["arch"], **{**payload, "state": state})

@@ -61,13 +61,23 @@ def _common_flags(p: argparse.ArgumentParser, *, code_length: int, batch_size: i
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=False,
                    help="use the channels_last memory format (faster convolutions on many CPUs/GPUs)")
     p.add_argument("--amp", action="store_true", default=False, help="bf16 autocast on CUDA")
+    p.add_argument("--compile", action="store_true", default=False,
+                   help="torch.compile the trained model (inductor; the first epoch includes the compilation)")
     p.add_argument("--no-progress", dest="no_progress", action="store_true", default=False,
                    help="no tqdm bars (one log line per epoch is still printed)")
+
+
+def _two_stage_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of the two-stage image pipeline (CIFAR-10, MVTec AD)."""
+    p.add_argument("--recalibrate-bn", dest="recalibrate_bn", action=argparse.BooleanOptionalAction, default=False,
+                   help="re-estimate every BatchNorm's running statistics over the training set before the "
+                        "centroids and after one-class training (short runs; not in the paper)")
 
 
 def cifar10_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("main_cifar10.py", description="MOCCA on CIFAR-10 (one class = normal)")
     _common_flags(p, code_length=32, batch_size=256, warm_up=10)
+    _two_stage_flags(p)
     p.add_argument("-dp", "--data-path", dest="data_path", type=str, default="./cifar10",
                    help="cifar-10-batches-py root, an image-folder root (train/<class>/*.jpg), or its .tar.gz")
     p.add_argument("-nc", "--normal-class", dest="normal_class", type=int, default=5, help="normal class 0-9")
@@ -81,6 +91,7 @@ def mvtec_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser("main_mvtec.py", description="MOCCA on MVTec AD (one category = normal)")
     _common_flags(p, code_length=64, batch_size=128, warm_up=5)
+    _two_stage_flags(p)
     p.add_argument("-dp", "--data-path", dest="data_path", type=str, default="./MVTec_Anomaly",
                    help="MVTec AD root holding the category folders")
     p.add_argument("-nc", "--normal-class", dest="normal_class", default="cable",
@@ -94,6 +105,8 @@ def mvtec_parser() -> argparse.ArgumentParser:
                    help="side of the resized object images (paper: 128; smaller is a CPU shortcut); textures: 512")
     p.add_argument("--samples-per-epoch", dest="samples_per_epoch", type=int, default=50000,
                    help="augmented training samples per epoch (authors: a cache of 50,000); 0 = one pass over the images")
+    p.add_argument("--no-rotation", dest="rotation", action="store_false", default=True,
+                   help="train without the random rotation of the category (the test images are never rotated)")
     return p
 
 
