@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from utils import report, results, sweep
@@ -249,3 +250,22 @@ def test_batched_sweep_groups_all_classes_and_seeds_per_boundary(tmp_path):
     calls = []
     assert sweep.execute_batched(spec, sweep.expand_grid(spec), lambda c, log: calls.append(c) or 0) == 0
     assert len(calls) == 4 and sweep.execute_batched(spec, sweep.expand_grid(spec), lambda c, log: 1 / 0) == 0
+
+
+def test_cifar10_sweeps_run_batched_by_default_only_on_cuda(tmp_path, monkeypatch):
+    def spec(*extra):
+        return sweep.parse_spec(["cifar10", "--classes", "0", "-dp", str(tmp_path), "--out", str(tmp_path / "o"),
+                                 *extra])
+
+    for cuda in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        s, args = spec()
+        assert sweep.wants_batched(s, args.batched) is cuda
+        s, args = spec("--", "--device", "cpu")
+        assert sweep.wants_batched(s, args.batched) is False
+        s, args = spec("--sequential")
+        assert sweep.wants_batched(s, args.batched) is False
+        s, args = spec("--batched")
+        assert sweep.wants_batched(s, args.batched) is True
+    mvtec, args = sweep.parse_spec(["mvtec", "--classes", "bottle", "-dp", str(tmp_path), "--out", str(tmp_path)])
+    assert sweep.wants_batched(mvtec, args.batched) is False  # the grouped model is the CIFAR LeNet

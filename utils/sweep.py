@@ -57,7 +57,7 @@ HOLISTIC_PRESET = "holistic"
 # Hyperparameters that only act in stage 2: varying them reuses the same pretrained AE. Any other
 # --set key (code length, batch size, AE epochs, unknown dataset keys...) gets its own pretraining.
 STAGE2_KEYS = frozenset({"nu", "epochs", "learning_rate", "weight_decay", "lr_milestones", "warm_up_n_epochs",
-                         "use_selectors", "train_best_conf", "no_progress", "device"})
+                         "use_selectors", "recalibrate_bn", "train_best_conf", "no_progress", "device"})
 # keys the sweep sets itself: --set must not touch them (each has its own sweep option)
 OWNED_KEYS = {"normal_class": "--classes", "seed": "--seeds", "boundary": "--boundary",
               "idx_list_enc": "--layer-sets", "data_path": "-dp", "run_dir": "--out", "model_ckp": "(set by the sweep)",
@@ -609,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="more grid axes: config keys (as in configs/*.yaml) with comma-separated values, "
                         "e.g. nu=0.05,0.1 code_length=64,128; list values join items with '+' "
                         "(lr_milestones=50+100,80); switches take true/false. Stage-2-only keys (nu, epochs, "
-                        "learning_rate, weight_decay, lr_milestones, warm_up_n_epochs, use_selectors) reuse the "
+                        "learning_rate, weight_decay, lr_milestones, warm_up_n_epochs, use_selectors, recalibrate_bn) reuse the "
                         "pretrained AE; any other key gets its own pretraining")
     p.add_argument("-dp", "--data-path", dest="data_path", required=True, help="dataset root passed to every run")
     p.add_argument("--out", required=True, help="sweep folder: <out>/pretrain, <out>/runs, <out>/sweep.yaml")
@@ -617,9 +617,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", nargs="+", default=[], help="config presets for every run (e.g. cpu)")
     p.add_argument("--config", default=None, help="YAML config for every run (default: the entry's own)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the commands; run and write nothing")
-    p.add_argument("--batched", action="store_true",
-                   help="CIFAR-10 on a GPU: train all classes x seeds of each boundary/layer set as one batched "
-                        "model (python -m trainers.batched) instead of one process per run")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--batched", dest="batched", action="store_const", const=True, default=None,
+                      help="train all classes x seeds of each boundary/layer set as one batched model (python -m "
+                           "trainers.batched) instead of one process per run; default for CIFAR-10 when CUDA is "
+                           "available and the runs do not ask for --device cpu")
+    mode.add_argument("--sequential", dest="batched", action="store_const", const=False,
+                      help="one process per run even where --batched is the default")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
     return p
 
@@ -659,6 +663,22 @@ def parse_spec(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
 
 
 BATCHED_DONE = "sweep_batched_done.json"
+
+
+def wants_batched(spec: SweepSpec, requested: bool | None) -> bool:
+    """--batched / --sequential if given; otherwise batched for CIFAR-10 sweeps that will run on CUDA."""
+    if requested is not None:
+        return requested
+    if spec.dataset != "cifar10":
+        return False
+    tokens = spec.passthrough
+    device = next((tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t == "--device"), "auto")
+    device = next((t.split("=", 1)[1] for t in tokens if t.startswith("--device=")), device)
+    if device == "cpu":
+        return False
+    import torch  # only here: planning a sweep needs no torch otherwise
+
+    return torch.cuda.is_available()
 
 
 def batched_groups(spec: SweepSpec, runs: Sequence[RunJob]) -> list[tuple[Path, list[str]]]:
@@ -724,7 +744,10 @@ def main(argv: Sequence[str] | None = None, runner: Runner = subprocess_runner) 
     spec, args = parse_spec(argv)
     entry = PROJECT_ROOT / spec.info.entry
     runs = expand_grid(spec)
-    if args.batched:
+    if wants_batched(spec, args.batched):
+        if args.batched is None:
+            print("[batched] CUDA is available: all runs of a boundary/layer set train as one model "
+                  "(--sequential for one process per run)")
         groups = batched_groups(spec, runs)
         if args.dry_run:
             for out, cmd in groups:
