@@ -46,3 +46,16 @@ def test_shipped_cifar_config_is_valid():
 
     config = resolve_config(cifar10_parser(), ["--config", str(DEFAULT_CONFIG), "--preset", "cpu", "holistic"])
     assert config["idx_list_enc"] == [3] and config["code_length"] == 128
+
+
+def test_mvtec_cpu_preset_switches_and_their_flags():
+    from utils.cli import CONFIG_DIR, mvtec_parser
+
+    def config(*argv):
+        return resolve_config(mvtec_parser(), ["--config", str(CONFIG_DIR / "mvtec.yaml"), *argv])
+
+    assert config()["rotation"] is True and config()["recalibrate_bn"] is False  # the paper's pipeline
+    cpu = config("--preset", "cpu")
+    assert cpu["recalibrate_bn"] is True and cpu["learning_rate"] == 1e-4
+    assert config("--preset", "cpu", "--no-recalibrate-bn")["recalibrate_bn"] is False  # a flag beats the preset
+    assert config("--no-rotation")["rotation"] is False

@@ -264,6 +264,18 @@ def test_train_batch_transform():
     assert out.shape == (4, 3, 64, 64) and out.dtype == torch.float32 and out.abs().max() <= 1
 
 
+def test_training_without_rotation():
+    """--no-rotation: objects pass through untouched; textures still get one random (unrotated) patch."""
+    g = torch.Generator().manual_seed(0)
+    obj = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    assert train_batch_transform("bottle", rotation=False)(obj, g) is obj
+    tex = torch.arange(2 * 128 * 128, dtype=torch.float32).view(2, 1, 128, 128)
+    patches = train_batch_transform("carpet", rotation=False)(tex, g)
+    for img, patch in zip(tex, patches):  # a window of the image itself: consecutive rows and columns
+        top, left = divmod(int(patch[0, 0, 0]) - int(img[0, 0, 0]), 128)
+        assert torch.equal(patch, img[:, top:top + 64, left:left + 64])
+
+
 # --- real data ---------------------------------------------------------------------------------
 
 
