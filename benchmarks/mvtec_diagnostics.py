@@ -29,6 +29,7 @@ from trainers.pretrain import AE_KIND
 from trainers.one_class import ONE_CLASS_KIND, OneClassModel
 from trainers.objective import MultiLayerObjective
 from utils.checkpoint import load_checkpoint
+from utils.errors import exit_on_user_error
 from utils.metrics import detection_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +87,7 @@ def model_report(path: Path, input_size: int, train_aug: Tensor, test: Tensor, l
     return lines
 
 
+@exit_on_user_error
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("category")
