@@ -27,9 +27,9 @@ from models.residual2d import ResidualAutoencoder, ResidualFeatureNet, pool_feat
 from trainers.objective import recalibrate_batchnorm
 from trainers.pretrain import AE_KIND
 from trainers.one_class import ONE_CLASS_KIND, OneClassModel
-from trainers.objective import MultiLayerObjective
+from trainers.two_stage import one_class_model_from
 from utils.checkpoint import load_checkpoint
-from utils.errors import exit_on_user_error
+from utils.errors import UserError, exit_on_user_error
 from utils.metrics import detection_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,14 +63,10 @@ def model_report(path: Path, input_size: int, train_aug: Tensor, test: Tensor, l
     ckpt = load_checkpoint(path, ONE_CLASS_KIND)
     arch = ckpt["arch"]
     if arch.get("input_size") != input_size:
-        raise SystemExit(f"error: {path} was trained at {arch.get('input_size')} px; pass --image-size to match")
-    layers = [int(k) for k in arch["layers"]]
-    net = ResidualFeatureNet(ResidualAutoencoder(input_size, arch["code_length"]).encoder, layers,
-                             bool(arch.get("use_selectors")))
-    dummy = {k: torch.zeros_like(ckpt["state"][f"objective.center_{k}"]) for k in layers}
-    model = OneClassModel(net, MultiLayerObjective(dummy, arch["boundary"], float(arch["nu"])))
-    model.load_state_dict(ckpt["state"])
-    obj = model.objective
+        raise UserError(f"{path} was trained at {arch.get('input_size')} px; pass --image-size to match")
+    model = one_class_model_from(ckpt, lambda: ResidualAutoencoder(input_size, arch["code_length"]),
+                                 lambda encoder, layers: ResidualFeatureNet(encoder, layers, bool(arch.get("use_selectors"))))
+    obj, layers = model.objective, model.objective.layer_indices
 
     def distances(m: OneClassModel, x: Tensor, train_mode: bool = False) -> dict[int, Tensor]:
         m.net.train(train_mode)
@@ -100,7 +96,7 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     spec = category_spec(args.category)
     if spec.is_texture:
-        raise SystemExit("error: the diagnostics cover object categories (whole images); textures are patches")
+        raise UserError("the diagnostics cover object categories (whole images); textures are patches")
     data = load_mvtec(args.data_path, spec.name)
     size = args.image_size
     train_u8, test_u8 = downscale(data.train, size), downscale(data.test, size)

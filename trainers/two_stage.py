@@ -183,9 +183,16 @@ def load_one_class_model(path: Path, exp: ImageExperiment, device: torch.device,
     if diff:
         text = ", ".join(f"{k}: checkpoint {a!r} vs this run {b!r}" for k, (a, b) in diff.items())
         raise UserError(f"checkpoint {path} is for another architecture ({text}); pass matching flags")
+    return one_class_model_from(ckpt, exp.make_autoencoder, exp.make_feature_net).to(device, memory_format=fmt)
+
+
+def one_class_model_from(ckpt: dict[str, Any], make_autoencoder: Callable[[], nn.Module],
+                         make_feature_net: Callable[[nn.Module, list[int]], nn.Module]) -> OneClassModel:
+    """The model of a loaded one-class checkpoint, on the CPU (layers, boundary and nu are read from it)."""
+    saved = ckpt["arch"]
     layers = [int(k) for k in saved["layers"]]
-    net = exp.make_feature_net(exp.make_autoencoder().encoder, layers)
+    net = make_feature_net(make_autoencoder().encoder, layers)
     dummy = {k: torch.zeros_like(ckpt["state"][f"objective.center_{k}"]) for k in layers}
     model = OneClassModel(net, MultiLayerObjective(dummy, saved["boundary"], float(saved["nu"])))
     model.load_state_dict(ckpt["state"])
-    return model.to(device, memory_format=fmt)
+    return model
