@@ -127,14 +127,20 @@ def test(model: EndToEndModel, config: dict, run_dir: Path, device: torch.device
     return metrics
 
 
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None) -> dict | None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def video_config(argv: Sequence[str]) -> dict:
+    """Flags -> config: the chosen dataset's shipped YAML unless --config is given; -use and --use-selectors agree."""
+    argv = list(argv)
     if "--config" not in argv:  # the shipped config of the chosen dataset
         dataset = video_parser().parse_known_args(argv)[0].dataset
         argv = ["--config", str(CONFIG_DIR / f"{dataset}.yaml")] + argv
     config = resolve_config(video_parser(), argv)
     config["use_selectors"] = bool(config["use_selectors"] or config.pop("use_selectors_video"))
+    return config
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None) -> dict | None:
+    config = video_config(sys.argv[1:] if argv is None else argv)
     if config["pretrain"] or config["train"]:
         raise UserError("video models train in one stage, as in the paper: use -ee (end to end) and -tt, "
                         "not -ptr/-tr")

@@ -164,15 +164,6 @@ def mvtec(args: argparse.Namespace, device: torch.device) -> list[Row]:
     return [Row("mvtec bottle AE pretraining (128 px)", bare, pipe)]
 
 
-def ped2_config() -> dict:
-    """The shipped configs/ped2.yaml resolved as main_shanghaitech.py resolves it."""
-    from utils.cli import CONFIG_DIR, resolve_config, video_parser
-
-    config = resolve_config(video_parser(), ["--config", str(CONFIG_DIR / "ped2.yaml")])
-    config["use_selectors"] = bool(config["use_selectors"] or config.pop("use_selectors_video"))
-    return config
-
-
 def video(args: argparse.Namespace, device: torch.device) -> list[Row]:
     """Ped2 end to end at the configs/ped2.yaml clip size and batch size (16 frames at 32x48, 4 clips).
 
@@ -182,10 +173,10 @@ def video(args: argparse.Namespace, device: torch.device) -> list[Row]:
     ``score_videos`` over every stride-1 window of test video 01 (165 clips).
     """
     from datasets.video import VideoClips, load_split, load_test_set
-    from main_shanghaitech import build_model, model_arch, remove_bg
+    from main_shanghaitech import build_model, model_arch, remove_bg, video_config
     from trainers.end_to_end import EndToEndModel, end_to_end_loss, initial_centroids, score_videos, train_end_to_end
 
-    config = ped2_config()
+    config = video_config(["--dataset", "ped2"])
     root, size, seed = SHARED / "ped2", tuple(config["frame_size"]), int(config["seed"])
     bs, n_b, w = int(config["batch_size"]), args.batches, float(config["recon_weight"])
     names, videos = load_split(root, "ped2", "training", size, remove_bg(config))
