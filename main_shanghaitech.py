@@ -28,7 +28,7 @@ from utils.cli import CONFIG_DIR, resolve_config, video_parser
 from utils.errors import UserError, exit_on_user_error
 from utils.io import write_text
 from utils.metrics import max_balanced_accuracy
-from utils.runtime import environment, pick_device, set_seed
+from utils.runtime import batch_placer, environment, memory_format, pick_device, set_seed
 
 DEBUG_BATCHES = 2
 
@@ -55,28 +55,34 @@ def train(config: dict, run_dir: Path, layers: list[int], device: torch.device, 
     seed = int(config["seed"])
     size = tuple(config["frame_size"])
     log(f"loading {config['dataset']} training videos from {config['data_path']} (decoded once, then cached)")
-    names, videos = load_split(config["data_path"], config["dataset"], "training", size, remove_bg(config))
+    names, videos = load_split(config["data_path"], config["dataset"], "training", size, remove_bg(config),
+                               background_recipe=config["background_recipe"])
     clips = VideoClips(videos, int(config["clip_length"]), names)
     shape = (3, clips.clip_length, *clips.frame_shape)
     arch = model_arch(config, shape)
     bs = int(config["batch_size"])
-    sample = lambda gen: clips.sample_batch(bs, gen).to(device)  # noqa: E731
+    place = batch_placer(device, bool(config["channels_last"]))
+    sample = lambda gen: place(clips.sample_batch(bs, gen))  # noqa: E731
     n_batches = DEBUG_BATCHES if config["debug"] else max(1, int(config["clips_per_epoch"]) // bs)
     n_centroid = DEBUG_BATCHES if config["debug"] else max(1, int(config["centroid_clips"]) // bs)
-    net = build_model(arch, layers, float(config["dropout"])).to(device)
+    net = build_model(arch, layers, float(config["dropout"])).to(device, memory_format=memory_format(5, config["channels_last"]))
     centers = initial_centroids(net, sample, n_centroid, seed)  # from the untrained model (paper IV-C)
-    model = EndToEndModel(net, MultiLayerObjective(centers, config["boundary"], float(config["nu"]))).to(device)
+    objective = MultiLayerObjective(centers, config["boundary"], float(config["nu"]), config["layer_reduction"])
+    model = EndToEndModel(net, objective).to(device)
     settings = StageSettings("train", epochs=1 if config["debug"] else int(config["epochs"]),
                              learning_rate=float(config["learning_rate"]), weight_decay=float(config["weight_decay"]),
                              milestones=[int(m) for m in config["lr_milestones"]], optimizer=config["optimizer"],
                              progress=not config["no_progress"], amp=bool(config["amp"]),
                              compile=bool(config["compile"]))
     full_arch = {**arch, "layers": layers, "boundary": config["boundary"], "nu": float(config["nu"])}
+    best = run_dir / results.BEST_CHECKPOINT if config["test_checkpoint"] == "best-loss" else None
     history = train_end_to_end(model, sample, n_batches, settings, int(config["warm_up_n_epochs"]),
                                run_dir / results.MODEL_CHECKPOINT, full_arch, seed,
-                               recon_weight=float(config["recon_weight"]), resume=config["resume"], device=device,
-                               log=log)
+                               recon_weight=float(config["recon_weight"]), resume=config["resume"], log=log,
+                               best_checkpoint=best)
     results.write_history(run_dir / "train_log.csv", history)
+    if best is not None:  # test the epoch with the lowest training loss, as the authors' video code
+        model.load_state_dict(load_checkpoint(best, END_TO_END_KIND)["state"])
     return model
 
 
@@ -104,10 +110,10 @@ def test(model: EndToEndModel, config: dict, run_dir: Path, device: torch.device
     arch_shape = model.net.input_shape
     size = tuple(arch_shape[2:])
     names, videos, labels = load_test_set(config["data_path"], config["dataset"], size, remove_bg(config),
-                                          config["labels"])
+                                          config["labels"], background_recipe=config["background_recipe"])
     clips = VideoClips(videos, arch_shape[1], names)
     t0 = time.perf_counter()
-    scored = score_videos(model, clips, labels, int(config["test_batch_size"]), device,
+    scored = score_videos(model, clips, labels, int(config["test_batch_size"]),
                           progress=not config["no_progress"], max_videos=2 if config["debug"] else None)
     timings["test_s"] = time.perf_counter() - t0
     n_clips = sum(clips.n_windows(v) for v in range(len(scored.names)))
@@ -118,7 +124,8 @@ def test(model: EndToEndModel, config: dict, run_dir: Path, device: torch.device
                "auc": m["combined"]["micro"], "auc_per_video_mean": m["combined"]["per_video_mean"],
                "max_ba": max_balanced_accuracy(np.concatenate(scored.labels), np.concatenate(scored.combined)),
                "frame_auc": m, "radii": model.objective.radii(), "n_videos": len(scored.names),
-               "n_frames": int(sum(len(l) for l in scored.labels)), "test_clips_per_s": n_clips / timings["test_s"],
+               "n_frames": int(sum(len(l) for l in scored.labels)), "test_checkpoint": config["test_checkpoint"],
+               "test_clips_per_s": n_clips / timings["test_s"],
                "timings": timings, "device": str(device), "input_shape": list(arch_shape)}
     results.write_metrics(run_dir, metrics)
     for kind in ("combined", "one_class", "reconstruction"):
@@ -150,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
         config["no_progress"] = True
     log = (lambda s: None) if config["disable_logging"] else print
     device = pick_device(config["device"])
-    set_seed(int(config["seed"]))
+    set_seed(int(config["seed"]), deterministic=bool(config["deterministic"]))
     layers = choose_layers(config, tuple(LAYER_NAMES))
     run_dir = results.run_dir_for({**config, "output_path": Path(config["output_path"])}, config["dataset"],
                                   "video", layers)
@@ -165,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     else:
         if not config["model_ckp"]:
             raise UserError("-tt without -ee needs -ck <trained checkpoint (model.pt of an earlier run)>")
-        model = load_trained(Path(config["model_ckp"]), device)
+        model = load_trained(results.tested_checkpoint(Path(config["model_ckp"]), config), device)
     return test(model, config, run_dir, device, timings, log) if config["test"] else None
 
 

@@ -97,7 +97,7 @@ def cifar10_epochs(args: argparse.Namespace, device: torch.device) -> Table:
         model = OneClassModel(net, obj)
         with tempfile.TemporaryDirectory() as tmp:
             history = train_one_class(model, source, settings, bs, 0, Path(tmp) / "model.pt", {}, 0,
-                                      device=device, prepare=prep, log=lambda s: None)
+                                      prepare=prep, log=lambda s: None)
         seconds = [h["seconds"] for h in history]
         steady = seconds[1:] if len(seconds) > 1 else seconds  # epoch 1 includes the allocator's warm-up
         mean = sum(steady) / len(steady)

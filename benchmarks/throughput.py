@@ -120,7 +120,7 @@ def cifar10(args: argparse.Namespace, device: torch.device) -> list[Row]:
     ae = LeNetAutoencoder(128).to(device, memory_format=fmt)
     bare = bare_steps(ae, lambda b: reconstruction_loss(b, ae(b)), x, n_b, compile=args.compile)
     ae = LeNetAutoencoder(128).to(device, memory_format=fmt)
-    pipe = pipeline_epoch(lambda p: pretrain_autoencoder(ae, train, settings("pretrain"), bs, p, {}, 0, device=device,
+    pipe = pipeline_epoch(lambda p: pretrain_autoencoder(ae, train, settings("pretrain"), bs, p, {}, 0,
                                                          prepare=prep, log=lambda s: None), n, device)
     rows.append(Row("cifar10 AE pretraining", bare, pipe))
 
@@ -130,7 +130,7 @@ def cifar10(args: argparse.Namespace, device: torch.device) -> list[Row]:
     obj = MultiLayerObjective(centers, "soft", 0.1).to(device)
     bare = bare_steps(net, lambda b: obj.loss(obj.distances(net(b))), x, n_b, compile=args.compile)
     model = OneClassModel(net, obj)
-    pipe = pipeline_epoch(lambda p: train_one_class(model, train, settings("train"), bs, 0, p, {}, 0, device=device,
+    pipe = pipeline_epoch(lambda p: train_one_class(model, train, settings("train"), bs, 0, p, {}, 0,
                                                     prepare=prep, log=lambda s: None), n, device)
     rows.append(Row("cifar10 one-class training", bare, pipe))
 
@@ -159,7 +159,7 @@ def mvtec(args: argparse.Namespace, device: torch.device) -> list[Row]:
     ae = ResidualAutoencoder(128, 128).to(device, memory_format=fmt)
     bare = bare_steps(ae, lambda b: reconstruction_loss(b, ae(b)), x, n_b, compile=args.compile)
     ae = ResidualAutoencoder(128, 128).to(device, memory_format=fmt)
-    pipe = pipeline_epoch(lambda p: pretrain_autoencoder(ae, train, settings, bs, p, {}, 0, device=device,
+    pipe = pipeline_epoch(lambda p: pretrain_autoencoder(ae, train, settings, bs, p, {}, 0,
                                                          prepare=prep, log=lambda s: None), bs * n_b, device)
     return [Row("mvtec bottle AE pretraining (128 px)", bare, pipe)]
 
@@ -200,7 +200,7 @@ def video(args: argparse.Namespace, device: torch.device) -> list[Row]:
     model = fresh_model()
     full_arch = {**arch, "layers": layers, "boundary": config["boundary"], "nu": float(config["nu"])}
     run = lambda p: train_end_to_end(model, sample, n_b, settings, 0, p, full_arch, seed,  # noqa: E731
-                                     recon_weight=w, device=device, log=lambda s: None)
+                                     recon_weight=w, log=lambda s: None)
     pipe = pipeline_epoch(run, bs * n_b, device)
     rows = [Row(f"ped2 end-to-end training, clips/s ({bs} x 3x{clips.clip_length}x{size[0]}x{size[1]})", bare, pipe)]
 
@@ -209,7 +209,7 @@ def video(args: argparse.Namespace, device: torch.device) -> list[Row]:
                       torch.rand(tbs, *arch["input_shape"], device=device), n_b, train=False, compile=args.compile)
     t_names, t_videos, t_labels = load_test_set(root, "ped2", size, remove_bg(config), config["labels"])
     test = VideoClips(t_videos, clips.clip_length, t_names)
-    pipe = second_pass(lambda: score_videos(model, test, t_labels, tbs, device, progress=False, max_videos=1),
+    pipe = second_pass(lambda: score_videos(model, test, t_labels, tbs, progress=False, max_videos=1),
                        test.n_windows(0), device)
     rows.append(Row(f"ped2 scoring, clips/s (test video {t_names[0]}, batch {tbs})", bare, pipe))
     return rows

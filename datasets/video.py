@@ -10,7 +10,8 @@ Layouts (``root`` is what the user passes as the data path):
   ``{training,testing}/frames/<NN>/*.jpg``. Labels are one ``.npy`` of all test frames concatenated in
   sorted clip order (``<root>/frame_labels_<name>.npy`` or ``--labels``) or, for Ped2, the official
   ``ped2.mat`` (abnormal frame intervals per test clip, 1-based, inclusive). Background removal and
-  resizing happen at load time (defaults: background removed, as the paper does for ShanghaiTech).
+  resizing happen at load time (defaults: background removed, as the paper does for ShanghaiTech,
+  with the ``lsa`` recipe of ``datasets.background``).
 
 Decoded (and background-removed, resized) videos are cached once per clip through
 ``utils.io.cached_array`` and handed out memory-mapped, so a large set does not have to fit in RAM.
@@ -34,7 +35,14 @@ import cv2
 import numpy as np
 import torch
 
-from datasets.background import DEFAULT_DILATE_ITERATIONS, DEFAULT_THRESHOLD, apply_background, estimate_background
+from datasets.background import (
+    DEFAULT_DILATE_ITERATIONS,
+    DEFAULT_RECIPE,
+    DEFAULT_THRESHOLD,
+    RECIPES,
+    get_recipe,
+    remove_background,
+)
 from utils.errors import UserError, exit_on_user_error
 from utils.io import atomic_path, cache_dir, cache_key, cached_array
 
@@ -142,16 +150,41 @@ def _stack_frames(frames: list[np.ndarray], where: str) -> np.ndarray:
     return np.stack(frames)
 
 
-def _decode_clip(
-    files: Sequence[Path], size: tuple[int, int] | None, remove_bg: bool, threshold: float, dilate_iterations: int
+def clean_frames(
+    frames: np.ndarray,
+    size: tuple[int, int] | None,
+    remove_bg: bool,
+    threshold: float = DEFAULT_THRESHOLD,
+    dilate_iterations: int = DEFAULT_DILATE_ITERATIONS,
+    recipe: str = DEFAULT_RECIPE,
 ) -> np.ndarray:
-    """Decode, optionally remove the background (at native resolution, as LSA), then resize. RGB out."""
-    frames = _stack_frames([read_image(f) for f in files], str(files[0].parent))
-    if remove_bg:
-        background = estimate_background(frames, history=len(frames))
-        frames = np.stack([apply_background(f, background, threshold, dilate_iterations) for f in frames])
-    if size is not None:
+    """Resize and optionally remove the background, in the order the recipe prescribes.
+
+    ``lsa`` resizes first (the background is estimated at the model size); ``native`` removes the
+    background at the native resolution and resizes afterwards. ``size=None`` keeps the native size.
+    """
+    spec = get_recipe(recipe)
+    early = size is not None and (spec.resize_first or not remove_bg)
+    if early:
         frames = resize_frames(frames, size)
+    if remove_bg:
+        frames = remove_background(frames, threshold=threshold, dilate_iterations=dilate_iterations, recipe=spec)
+    if size is not None and not early:
+        frames = resize_frames(frames, size)
+    return frames
+
+
+def _decode_clip(
+    files: Sequence[Path],
+    size: tuple[int, int] | None,
+    remove_bg: bool,
+    threshold: float,
+    dilate_iterations: int,
+    recipe: str = DEFAULT_RECIPE,
+) -> np.ndarray:
+    """Decode, resize and optionally remove the background (see ``clean_frames``). RGB out."""
+    frames = _stack_frames([read_image(f) for f in files], str(files[0].parent))
+    frames = clean_frames(frames, size, remove_bg, threshold, dilate_iterations, recipe)
     return np.ascontiguousarray(frames[..., ::-1])  # BGR -> RGB
 
 
@@ -163,6 +196,12 @@ def _memmapped(array: np.ndarray, name: str, key: str) -> np.ndarray:
     return np.load(path, mmap_mode="r") if path.exists() else array
 
 
+def _recipe_key(remove_bg: bool, recipe: str) -> tuple[str, ...]:
+    """Cache-key part of the recipe: empty without background removal, so entries of plain decodes
+    (the recipe does not touch them) stay valid; entries made before recipes existed never match."""
+    return (f"background-recipe={recipe}",) if remove_bg else ()
+
+
 def load_video_frames(
     clip_dir: str | os.PathLike,
     size: Sequence[int] | None = None,
@@ -170,20 +209,24 @@ def load_video_frames(
     *,
     threshold: float = DEFAULT_THRESHOLD,
     dilate_iterations: int = DEFAULT_DILATE_ITERATIONS,
+    background_recipe: str = DEFAULT_RECIPE,
 ) -> np.ndarray:
     """A clip's frames as (T, H, W, 3) uint8 RGB, decoded once and cached.
 
     ``size`` = (H, W) to resize to (None keeps the native size; frames already of that size are not
-    touched). The cache key covers the clip path, size, background settings and every file's name,
-    mtime and byte size, so editing a frame invalidates the entry.
+    touched). The cache key covers the clip path, size, background settings (recipe included when the
+    background is removed) and every file's name, mtime and byte size, so editing a frame invalidates
+    the entry.
     """
     clip_dir = Path(clip_dir).resolve()
     size = _check_size(size)
+    recipe = get_recipe(background_recipe).name
     files = list_frame_files(clip_dir)
     stamps = [(f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files]
-    key = cache_key(CACHE_VERSION, clip_dir, size, bool(remove_bg), threshold, dilate_iterations, stamps)
+    key = cache_key(CACHE_VERSION, clip_dir, size, bool(remove_bg), threshold, dilate_iterations, stamps,
+                    *_recipe_key(bool(remove_bg), recipe))
     array = cached_array(
-        "video-frames", key, lambda: _decode_clip(files, size, bool(remove_bg), threshold, dilate_iterations)
+        "video-frames", key, lambda: _decode_clip(files, size, bool(remove_bg), threshold, dilate_iterations, recipe)
     )
     return _memmapped(array, "video-frames", key)
 
@@ -211,16 +254,18 @@ def load_split(
     remove_bg: bool | None = None,
     *,
     progress: Callable[[str], None] | None = None,
+    background_recipe: str = DEFAULT_RECIPE,
 ) -> tuple[list[str], list[np.ndarray]]:
     """Names and frames of all videos of a split. ``remove_bg=None`` uses the format's default."""
     spec = get_format(fmt)
     remove = spec.remove_bg_default if remove_bg is None else bool(remove_bg)
+    recipe = get_recipe(background_recipe).name  # checked before the first (slow) decode
     names, videos = [], []
     for name, path in video_dirs(root, fmt, split):
         if progress is not None:
             progress(name)
         names.append(name)
-        videos.append(load_video_frames(path, size, remove))
+        videos.append(load_video_frames(path, size, remove, background_recipe=recipe))
     return names, videos
 
 
@@ -400,12 +445,14 @@ def load_test_set(
     size: Sequence[int] | None,
     remove_bg: bool | None = None,
     labels_path: str | os.PathLike | None = None,
+    *,
+    background_recipe: str = DEFAULT_RECIPE,
 ) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
     """Names, frames and per-frame labels of every test video (labels checked against frame counts)."""
     dirs = video_dirs(root, fmt, "testing")
     names = [name for name, _ in dirs]
     labels = load_test_labels(root, fmt, names, [count_frames(d) for _, d in dirs], labels_path)
-    _, videos = load_split(root, fmt, "testing", size, remove_bg)
+    _, videos = load_split(root, fmt, "testing", size, remove_bg, background_recipe=background_recipe)
     return names, videos, labels
 
 
@@ -522,12 +569,14 @@ def read_frame_folder(clip_dir: Path) -> np.ndarray:
 
 
 def preprocess_frames(
-    frames: np.ndarray, size: tuple[int, int], threshold: float, dilate_iterations: int
+    frames: np.ndarray,
+    size: tuple[int, int],
+    threshold: float,
+    dilate_iterations: int,
+    recipe: str = DEFAULT_RECIPE,
 ) -> np.ndarray:
-    """Background removal at native resolution, then resize to (H, W) (LSA's order)."""
-    background = estimate_background(frames, history=len(frames))
-    cleaned = np.stack([apply_background(f, background, threshold, dilate_iterations) for f in frames])
-    return resize_frames(cleaned, size)
+    """Background-removed frames of size (H, W), BGR in and out (see ``clean_frames``)."""
+    return clean_frames(frames, size, True, threshold, dilate_iterations, recipe)
 
 
 def write_clip_atomically(frames_bgr: np.ndarray, out_dir: Path, jpeg_quality: int) -> None:
@@ -578,6 +627,7 @@ def preprocess_shanghaitech(
     *,
     threshold: float = DEFAULT_THRESHOLD,
     dilate_iterations: int = DEFAULT_DILATE_ITERATIONS,
+    background_recipe: str = DEFAULT_RECIPE,
     jpeg_quality: int = 100,
     log: Callable[[str], None] = print,
 ) -> dict[str, int]:
@@ -587,6 +637,7 @@ def preprocess_shanghaitech(
     Returns counts of written and skipped clips.
     """
     src, dst, size = Path(src), Path(dst), _check_size(size)
+    recipe = get_recipe(background_recipe).name
     videos, tests = _official_sources(src)
     counts = {"written": 0, "skipped": 0}
     jobs = [("training", v.stem, v) for v in videos] + [("testing", d.name, d) for d in tests]
@@ -598,7 +649,7 @@ def preprocess_shanghaitech(
             counts["skipped"] += 1
             continue
         frames = read_video(source) if split == "training" else read_frame_folder(source)
-        write_clip_atomically(preprocess_frames(frames, size, threshold, dilate_iterations), out_dir, jpeg_quality)
+        write_clip_atomically(preprocess_frames(frames, size, threshold, dilate_iterations, recipe), out_dir, jpeg_quality)
         counts["written"] += 1
         log(f"[{n}/{len(jobs)}] {split}/{clip}: {len(frames)} frames")
     return counts
@@ -613,6 +664,9 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--size", type=int, nargs=2, default=list(SHANGHAITECH_SIZE), metavar=("H", "W"))
     pre.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="summed |RGB - background| cut")
     pre.add_argument("--dilate-iterations", type=int, default=DEFAULT_DILATE_ITERATIONS)
+    pre.add_argument("--background-recipe", dest="background_recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
+                     help="lsa: resize, then MOG2 with OpenCV defaults, 3x3-cross dilation (LSA); native: MOG2 "
+                          "at native size (history = frames, no shadows), 3x3-square dilation, then resize")
     pre.add_argument("--jpeg-quality", type=int, default=100)
     return parser
 
@@ -623,7 +677,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "preprocess":
         counts = preprocess_shanghaitech(
             args.src, args.dst, args.size, threshold=args.threshold,
-            dilate_iterations=args.dilate_iterations, jpeg_quality=args.jpeg_quality,
+            dilate_iterations=args.dilate_iterations, background_recipe=args.background_recipe,
+            jpeg_quality=args.jpeg_quality,
         )
         print(f"done: {counts['written']} clips written, {counts['skipped']} already present")
 

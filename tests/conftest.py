@@ -41,3 +41,23 @@ def expect_user_error(main, capsys, argv) -> str:
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     return lines[0]
+
+
+class Killed(BaseException):
+    """Stands in for kill -9: not an Exception, so no handler of the project catches it."""
+
+
+def kill_after_saves(monkeypatch, module, n: int) -> None:
+    """Make ``module.save_checkpoint`` end the process (raise ``Killed``) right after its n-th write,
+    as a kill between two epochs would; the checkpoints written so far stay on disk."""
+    original = module.save_checkpoint
+    calls = []
+
+    def save_then_die(*args, **kwargs):
+        original(*args, **kwargs)
+        calls.append(1)
+        if len(calls) >= n:
+            monkeypatch.setattr(module, "save_checkpoint", original)
+            raise Killed
+
+    monkeypatch.setattr(module, "save_checkpoint", save_then_die)

@@ -9,7 +9,8 @@ Float32 end-to-end equality is therefore not a property either pipeline has. In 
 is ~1e-16, and every logged value (losses, distances, radii, scores: all computed in float32 by the
 objective) comes out identical, so any real difference (data order, initial weights, BatchNorm,
 centroids, radius rule, learning-rate schedule) shows up far above the tolerance. The grouped
-model itself is checked in float32, the dtype of real runs, step by step.
+model's single step is checked in float64 (equality) and in float32 against the float32 noise
+measured in the same test (see ``test_grouped_model_float32_error_is_float32_noise``).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from main_cifar10 import main as main_cifar10
 from models.lenet import LAYER_INDICES, LeNetAutoencoder, PooledFeatureNet
 from models.lenet_grouped import GroupedLeNetAutoencoder, GroupedPooledFeatureNet, stack_runs
 from tests.cifar_fixtures import make_cifar_folder
+from tests.conftest import Killed, kill_after_saves
 from trainers import batched
 from trainers.pretrain import reconstruction_loss
 
@@ -61,6 +63,12 @@ def float64(monkeypatch):
     torch.set_default_dtype(before)
 
 
+def run_folder(root: Path, class_name: str, prefix: str) -> Path:
+    """The one run folder <root>/cifar10/<class>/<prefix>-cfg_<settings digest>."""
+    (found,) = (root / "cifar10" / class_name).glob(f"{prefix}-cfg_*")
+    return found
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path) as fh:
         return list(csv.DictReader(fh))
@@ -82,41 +90,79 @@ def compare_folders(a: Path, b: Path) -> float:
     return worst
 
 
-def test_grouped_model_equals_k_lenets_in_float32():
-    """Forward, features, per-run losses and gradients of the grouped model vs K LeNets (float32)."""
+def grouped_vs_singles(dtype: torch.dtype):
+    """One forward/backward of 3 seeded LeNets and of their grouped model on the same data, in ``dtype``.
+
+    Returns (single-model results, grouped results), each a list per run of
+    {"loss", "rec", "feat_<j>", "grad_<i>"} tensors; BatchNorm is in train mode, as in training.
+    """
     singles = []
     for seed in (0, 1, 2):
         torch.manual_seed(seed)
-        singles.append(LeNetAutoencoder(32))
+        singles.append(LeNetAutoencoder(32).to(dtype))
     grouped = GroupedLeNetAutoencoder.from_models(singles)
     assert [n for n, _ in grouped.named_parameters()] == [n for n, _ in singles[0].named_parameters()]
-    x = torch.rand(3, 8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(3, 8, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(dtype)
     rec = grouped(stack_runs(x))
     losses = ((rec - stack_runs(x)) ** 2).reshape(8, 3, -1).sum(dim=2).mean(dim=0)
     losses.sum().backward()
     with torch.no_grad():  # eval mode: no running-stat update (the train-mode pass above made one)
         feats = GroupedPooledFeatureNet(grouped.encoder.eval(), list(LAYER_INDICES))(stack_runs(x))
+    want, got = [], []
     for r, model in enumerate(singles):
         out = model(x[r])
-        loss = reconstruction_loss(x[r], out)
+        loss = ((out - x[r]) ** 2).flatten(1).sum(dim=1).mean()
         loss.backward()
-        assert losses[r].item() == pytest.approx(loss.item(), rel=1e-5)
-        torch.testing.assert_close(rec[:, 3 * r:3 * r + 3], out, rtol=1e-4, atol=1e-4)
         with torch.no_grad():
-            for j, f in PooledFeatureNet(model.encoder.eval(), list(LAYER_INDICES))(x[r]).items():
-                torch.testing.assert_close(feats[j][r], f, rtol=1e-4, atol=1e-5)
-        for p, q in zip(model.parameters(), grouped.parameters()):
-            g = q.grad.reshape(3, *p.shape)[r]
-            assert (g - p.grad).abs().max() <= 1e-4 * p.grad.abs().max()
-    # weights and BatchNorm buffers go back to per-run models unchanged
-    for back, model in zip(grouped.to_models(), singles):
+            single_feats = PooledFeatureNet(model.encoder.eval(), list(LAYER_INDICES))(x[r])
+        w = {"loss": loss.detach(), "rec": out.detach(), **{f"feat_{j}": f for j, f in single_feats.items()}}
+        g = {"loss": losses[r].detach(), "rec": rec[:, 3 * r:3 * r + 3].detach(),
+             **{f"feat_{j}": feats[j][r] for j in single_feats}}
+        for i, (p, q) in enumerate(zip(model.parameters(), grouped.parameters())):
+            w[f"grad_{i}"], g[f"grad_{i}"] = p.grad, q.grad.reshape(3, *p.shape)[r]
+        want.append(w)
+        got.append(g)
+    return want, got, singles, grouped
+
+
+def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest elementwise difference, relative to the largest magnitude of ``b`` (scale-free)."""
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30))
+
+
+def test_grouped_model_equals_k_lenets_in_float64():
+    """The equality claim: in float64 (rounding ~1e-16) every quantity matches to 1e-10 relative."""
+    want, got, singles, grouped = grouped_vs_singles(torch.float64)
+    for w, g in zip(want, got):
+        for key in w:
+            assert max_error(g[key], w[key]) < 1e-10, key
+    for back, model in zip(grouped.to_models(), singles):  # weights and BatchNorm buffers go back unchanged
         sa, sb = back.state_dict(), model.state_dict()
         assert sa.keys() == sb.keys()
         for key in sa:
-            if "running" in key:  # both saw the same batch in train mode: equal up to float noise
-                torch.testing.assert_close(sa[key], sb[key], rtol=1e-4, atol=1e-6)
+            if "running" in key:  # both saw the same batch in train mode: equal up to rounding
+                torch.testing.assert_close(sa[key], sb[key], rtol=1e-10, atol=1e-12)
             else:
                 assert torch.equal(sa[key], sb[key]), key
+
+
+def test_grouped_model_float32_error_is_float32_noise():
+    """In float32 the grouped kernels only sum in another order. The tolerance is measured, not
+    tuned: the float64 run is the reference, the single LeNet's own float32 error against it is
+    this CPU's (and thread count's) float32 noise for exactly this computation, and the grouped
+    model's error may be at most 10x that, plus 100 float32 ulps of the quantity's scale (for
+    quantities where the single model happens to round almost exactly). Measured on an AMD EPYC
+    (AVX2) with 1 and 2 threads: the largest errors are ~1e-5 relative, the grouped/single ratio is
+    below 1.5 for every gradient, feature and reconstruction, and 4.9 only for a loss where both
+    errors are below 1e-7, far under the floor. A real defect (a wrong weight slice, BatchNorm
+    statistics shared between runs) gives errors of order 1."""
+    ref, _, _, _ = grouped_vs_singles(torch.float64)
+    want, got, _, _ = grouped_vs_singles(torch.float32)
+    floor = 100 * torch.finfo(torch.float32).eps
+    for r64, w, g in zip(ref, want, got):
+        for key in r64:
+            noise = max_error(w[key], r64[key])
+            assert max_error(g[key], r64[key]) <= 10 * noise + floor, (key, noise)
 
 
 def test_optimizer_state_split_and_merge_round_trip():
@@ -149,8 +195,9 @@ def test_batched_runs_equal_sequential_runs(data_root, tmp_path):
     for m in got:
         want = main_cifar10([*flags, "-nc", str(m["normal_class"]), "-s", str(m["seed"]), "-ptr", "-tr", "-tt",
                              "--output_path", str(seq)])
-        rel = Path("cifar10") / m["class"] / f"soft-ile_0.1.2.3-zl_16-nu_0.1-seed_{m['seed']}"
-        a, b = out / rel, seq / rel
+        prefix = f"soft-ile_0.1.2.3-zl_16-nu_0.1-seed_{m['seed']}"
+        a, b = run_folder(out, m["class"], prefix), run_folder(seq, m["class"], prefix)
+        assert a.name == b.name  # same settings, same digest
         assert {p.name for p in a.iterdir()} >= {"config.yaml", "env.json", "ae.pt", "model.pt", "metrics.json",
                                                   "scores.csv", "pretrain_log.csv", "train_log.csv"}
         assert m["auc"] == pytest.approx(want["auc"], rel=RTOL, abs=ATOL)
@@ -166,31 +213,32 @@ def test_batched_runs_equal_sequential_runs(data_root, tmp_path):
     print(f"max relative difference batched vs sequential (float64): {worst:.3g}")
 
     # a batched model.pt is an ordinary checkpoint: main_cifar10 -tt -ck scores it the same
-    run = out / "cifar10" / got[2]["class"] / "soft-ile_0.1.2.3-zl_16-nu_0.1-seed_0"
+    run = run_folder(out, got[2]["class"], "soft-ile_0.1.2.3-zl_16-nu_0.1-seed_0")
     tested = main_cifar10([*flags, "-nc", "3", "-tt", "-ck", str(run / "model.pt"), "--run-dir", str(tmp_path / "t")])
     assert tested["auc"] == pytest.approx(got[2]["auc"], rel=RTOL, abs=ATOL)
     assert tested["radii"] == pytest.approx(got[2]["radii"], rel=RTOL, abs=ATOL)
 
 
 @pytest.mark.usefixtures("float64")
-def test_hard_boundary_and_resume(data_root, tmp_path):
+def test_hard_boundary_and_resume(data_root, tmp_path, monkeypatch):
     """Hard boundary, K=2 of two classes; a run killed after pretraining epoch 1 resumes to the same result."""
     # -bs 19 on 20 images: the last batch of every epoch holds one image and is dropped, as sequentially
     common = ["-dp", str(data_root), *FAST, "-bd", "hard", "-e", "1", "-ile", "3", "1", "-bs", "19"]
     flags = [*common, "--classes", "2", "7", "--seeds", "4"]
     straight = batched.main([*flags, "--out", str(tmp_path / "s")])
     want = main_cifar10([*common, "-nc", "7", "-s", "4", "-ptr", "-tr", "-tt", "--output_path", str(tmp_path / "q")])
-    rel = Path("cifar10") / "7_horse" / "hard-ile_3.1-zl_16-nu_0.1-seed_4"
-    compare_folders(tmp_path / "s" / rel, tmp_path / "q" / rel)
+    prefix = "hard-ile_3.1-zl_16-nu_0.1-seed_4"
+    compare_folders(run_folder(tmp_path / "s", "7_horse", prefix), run_folder(tmp_path / "q", "7_horse", prefix))
     assert straight[1]["auc"] == pytest.approx(want["auc"], rel=RTOL, abs=ATOL)
 
-    batched.main([*flags, "--out", str(tmp_path / "k"), "-ae", "1"])  # "killed" after AE epoch 1
-    for d in (tmp_path / "k" / "cifar10").glob("*/*"):
-        (d / "model.pt").unlink()
+    monkeypatch.setattr(batched, "CHECKPOINT_INTERVAL_S", 0.0)  # checkpoint every epoch
+    kill_after_saves(monkeypatch, batched, 2)  # killed once both runs saved AE epoch 1
+    with pytest.raises(Killed):
+        batched.main([*flags, "--out", str(tmp_path / "k")])
     resumed = batched.main([*flags, "--out", str(tmp_path / "k"), "--resume"])
     for a, b in zip(resumed, straight):
         assert a["auc"] == pytest.approx(b["auc"], rel=RTOL, abs=ATOL)
-    compare_folders(tmp_path / "k" / rel, tmp_path / "s" / rel)
+    compare_folders(run_folder(tmp_path / "k", "7_horse", prefix), run_folder(tmp_path / "s", "7_horse", prefix))
 
 
 @pytest.mark.usefixtures("float64")
@@ -200,8 +248,8 @@ def test_debug_mode_scores_the_same_test_subset(data_root, tmp_path):
     got = batched.main([*flags, "--classes", "6", "--seeds", "0", "5", "--out", str(tmp_path / "b")])
     want = main_cifar10([*flags, "-nc", "6", "-s", "5", "-ptr", "-tr", "-tt", "--output_path", str(tmp_path / "s")])
     assert got[1]["n_test"] == want["n_test"] == 20
-    rel = Path("cifar10") / "6_frog" / "soft-ile_0.1.2.3-zl_16-nu_0.1-seed_5"
-    compare_folders(tmp_path / "b" / rel, tmp_path / "s" / rel)
+    prefix = "soft-ile_0.1.2.3-zl_16-nu_0.1-seed_5"
+    compare_folders(run_folder(tmp_path / "b", "6_frog", prefix), run_folder(tmp_path / "s", "6_frog", prefix))
     assert got[1]["auc"] == pytest.approx(want["auc"], rel=RTOL, abs=ATOL)
 
 
@@ -228,3 +276,18 @@ def test_cli_errors(data_root, tmp_path, capsys):
     next((uneven / "train" / "bird").iterdir()).unlink()
     msg = expect_user_error(capsys, ["-dp", str(uneven), *FAST, "--out", str(tmp_path / "o"), "--classes", "1", "2"])
     assert "equal size" in msg and "class 2: 19" in msg
+
+
+@pytest.mark.usefixtures("float64")
+def test_recalibrated_batchnorm_equals_sequential(data_root, tmp_path):
+    """--recalibrate-bn acts on the grouped path too: each run's re-estimated statistics, as sequentially."""
+    flags = ["-dp", str(data_root), *FAST, "-ae", "1", "-e", "1", "--recalibrate-bn"]
+    got = batched.main([*flags, "--classes", "4", "--seeds", "0", "2", "--out", str(tmp_path / "b")])
+    want = main_cifar10([*flags, "-nc", "4", "-s", "2", "-ptr", "-tr", "-tt", "--output_path", str(tmp_path / "s")])
+    prefix = "soft-ile_0.1.2.3-zl_16-nu_0.1-seed_2"
+    a, b = run_folder(tmp_path / "b", "4_deer", prefix), run_folder(tmp_path / "s", "4_deer", prefix)
+    compare_folders(a, b)
+    assert got[1]["auc"] == pytest.approx(want["auc"], rel=RTOL, abs=ATOL)
+    sa, sb = (torch.load(d / "model.pt", weights_only=False)["state"] for d in (a, b))
+    for key in (k for k in sa if "running" in k):
+        torch.testing.assert_close(sa[key], sb[key], rtol=RTOL, atol=ATOL)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from main_cifar10 import main
-from tests.conftest import expect_user_error
+from tests.conftest import Killed, expect_user_error, kill_after_saves
+from trainers import engine
 from tests.cifar_fixtures import make_cifar_folder
 
 FAST = ["--preset", "cpu", "-ae", "2", "-e", "2", "-we", "1", "-bs", "16", "--no-progress"]
@@ -58,13 +59,39 @@ def test_stages_run_separately_from_checkpoints(data_root, tmp_path):
     assert m["auc"] == pytest.approx(together["auc"])  # same seed, same result
 
 
-def test_resume_continues_a_killed_run(data_root, tmp_path):
+def test_resume_continues_a_killed_run(data_root, tmp_path, monkeypatch):
     straight = run(data_root, tmp_path / "s", "-ptr", "-tr", "-tt", "-ae", "3")
-    run(data_root, tmp_path / "k", "-ptr", "-ae", "1")  # a run "killed" after one epoch
+    kill_after_saves(monkeypatch, engine, 1)  # killed right after AE epoch 1 was saved
+    with pytest.raises(Killed):
+        run(data_root, tmp_path / "k", "-ptr", "-tr", "-tt", "-ae", "3")
     resumed = run(data_root, tmp_path / "k", "-ptr", "-tr", "-tt", "-ae", "3", "--resume")
     assert resumed["auc"] == pytest.approx(straight["auc"], abs=1e-6)
     log = (tmp_path / "k" / "pretrain_log.csv").read_text().splitlines()
     assert len(log) == 4  # header + 3 epochs, the first one from before the "kill"
+
+
+@pytest.mark.parametrize("changed", [["-ae", "4"], ["-lr", "1e-3"], ["-aml", "1"], ["-we", "0"], ["-wd", "1e-4"]])
+def test_resume_with_other_settings_is_refused(data_root, tmp_path, monkeypatch, capsys, changed):
+    kill_after_saves(monkeypatch, engine, 1)
+    with pytest.raises(Killed):
+        run(data_root, tmp_path / "k", "-ptr", "-tr", "-tt", "-ae", "3")
+    before = (tmp_path / "k" / "config.yaml").read_text()
+    msg = expect_user_error(main, capsys, ["-dp", str(data_root), "--run-dir", str(tmp_path / "k"), *FAST,
+                                           "-ptr", "-tr", "-tt", "-ae", "3", "--resume", *changed])
+    key = {"-ae": "ae_epochs", "-lr": "learning_rate", "-aml": "ae_lr_milestones", "-we": "warm_up_n_epochs",
+           "-wd": "weight_decay"}[changed[0]]
+    assert "--resume" in msg and key in msg
+    assert (tmp_path / "k" / "config.yaml").read_text() == before  # the folder still describes its run
+
+
+def test_runs_with_other_settings_get_other_folders(data_root, tmp_path):
+    """Folder names carry a digest of every result-changing setting; how a run executes does not count."""
+    base = ["-dp", str(data_root), "-nc", "1", "--output_path", str(tmp_path), *FAST, "-ptr", "-ae", "1"]
+    main(base)
+    main([*base, "-alr", "1e-2"])
+    main([*base, "--no-progress", "--channels-last"])  # same settings: the same folder
+    folders = sorted((tmp_path / "cifar10" / "1_automobile").iterdir())
+    assert len(folders) == 2 and all("-cfg_" in f.name for f in folders)
 
 
 
@@ -93,3 +120,22 @@ def test_nan_loss_stops_with_a_clear_error(data_root, tmp_path, capsys):
                                      "--run-dir", str(tmp_path / "n"), *FAST])
     assert "loss became" in msg
     assert not list((tmp_path / "n").glob("*.tmp"))
+
+
+def test_best_loss_checkpoint_is_the_lowest_training_loss_epoch(data_root, tmp_path, capsys):
+    m = run(data_root, tmp_path / "r", "-ptr", "-tr", "-tt", "-e", "4", "--test-checkpoint", "best-loss")
+    with open(tmp_path / "r" / "train_log.csv") as fh:
+        losses = [float(r["loss"]) for r in csv.DictReader(fh)]
+    best = torch.load(tmp_path / "r" / "model_best.pt", weights_only=False)
+    assert best["epoch"] == max(i + 1 for i, v in enumerate(losses) if v == min(losses))
+    assert m["test_checkpoint"] == "best-loss"
+    again = run(data_root, tmp_path / "t", "-tt", "-ck", str(tmp_path / "r" / "model.pt"), "--test-checkpoint",
+                "best-loss")
+    assert again["auc"] == m["auc"]
+    last = run(data_root, tmp_path / "l", "-tt", "-ck", str(tmp_path / "r" / "model.pt"))
+    assert last["test_checkpoint"] == "last"
+    (tmp_path / "r" / "model_best.pt").unlink()
+    msg = expect_user_error(main, capsys, ["-dp", str(data_root), "-nc", "1", "--run-dir", str(tmp_path / "u"), *FAST,
+                                           "-tt", "-ck", str(tmp_path / "r" / "model.pt"), "--test-checkpoint",
+                                           "best-loss"])
+    assert "model_best.pt" in msg

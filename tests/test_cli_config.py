@@ -59,3 +59,50 @@ def test_mvtec_cpu_preset_switches_and_their_flags():
     assert cpu["recalibrate_bn"] is True and cpu["learning_rate"] == 1e-4
     assert config("--preset", "cpu", "--no-recalibrate-bn")["recalibrate_bn"] is False  # a flag beats the preset
     assert config("--no-rotation")["rotation"] is False
+
+
+def test_flags_that_would_do_nothing_are_refused():
+    from utils.cli import video_parser
+
+    with pytest.raises(UserError, match="--use-selectors: CIFAR-10 has no selectors"):
+        resolve_config(cifar10_parser(), ["--use-selectors"])
+    for flag in (["-alr", "1e-3"], ["-awd", "1e-6"], ["-aml", "5"], ["-ae", "3"]):
+        with pytest.raises(UserError, match=f"^{flag[0]}: video trains in one stage"):
+            resolve_config(video_parser(), flag)
+    assert "ae_epochs" not in resolve_config(video_parser(), [])  # nor stored as if it meant something
+
+
+def test_mvtec_default_is_the_papers_model_with_selectors():
+    from utils.cli import CONFIG_DIR, mvtec_parser
+
+    def config(*argv):
+        return resolve_config(mvtec_parser(), ["--config", str(CONFIG_DIR / "mvtec.yaml"), *argv])
+
+    assert config()["use_selectors"] is True and config("--preset", "cpu")["use_selectors"] is True
+    assert config("--no-selectors")["use_selectors"] is False
+    assert config("--use-selector")["use_selectors"] is True  # the authors' README spelling (a prefix)
+    assert resolve_config(mvtec_parser(), [])["use_selectors"] is True  # without the YAML too
+
+
+def test_layer_reduction_defaults_mean_for_images_sum_for_video():
+    from utils.cli import mvtec_parser, video_parser
+
+    assert resolve_config(cifar10_parser(), [])["layer_reduction"] == "mean"  # paper eq. 4
+    assert resolve_config(mvtec_parser(), [])["layer_reduction"] == "mean"
+    assert resolve_config(video_parser(), [])["layer_reduction"] == "sum"  # the authors' video objective
+    assert resolve_config(video_parser(), ["--layer-reduction", "mean"])["layer_reduction"] == "mean"
+
+
+def test_deterministic_switches():
+    import torch
+
+    from utils.runtime import set_seed
+
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        set_seed(0, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(before)
+        torch.backends.cudnn.deterministic = False

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
+from scipy import ndimage
 
+import main_shanghaitech
 from datasets import video as V
-from datasets.background import remove_background
+from datasets.background import RECIPES, foreground_mask, remove_background
 from tests.video_fixtures import (
     make_authors_shanghaitech,
     make_frames_dataset,
@@ -19,6 +21,7 @@ from tests.video_fixtures import (
     write_frames,
 )
 from utils.errors import UserError
+from utils.io import cache_dir, cache_key
 from utils.video_scoring import clip_scores_to_frame_scores
 
 
@@ -64,7 +67,126 @@ def test_remove_background_rejects_non_uint8_video():
         remove_background(np.zeros((4, 8, 8, 3), np.float32))
 
 
+def _masked(frames: np.ndarray, background: np.ndarray, structure: np.ndarray | None) -> np.ndarray:
+    """Threshold 128 on the summed |frame - background|, 5 scipy dilations, multiply (independent of the module)."""
+    diff = np.abs(frames.astype(np.int32) - background.astype(np.int32)).sum(axis=-1)
+    masks = np.stack([ndimage.binary_dilation(d > 128, structure=structure, iterations=5) for d in diff])
+    return frames * masks[..., None].astype(np.uint8)
+
+
+def _area_resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return np.stack([cv2.resize(f, (size[1], size[0]), interpolation=cv2.INTER_AREA) for f in frames])
+
+
+def lsa_by_hand(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Reference recipe: resize, MOG2 with OpenCV defaults, threshold, cross dilation (scipy's default)."""
+    small = _area_resize(frames, size)
+    mog = cv2.createBackgroundSubtractorMOG2()
+    for frame in small:
+        mog.apply(frame)
+    return _masked(small, mog.getBackgroundImage(), structure=None)
+
+
+def native_by_hand(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The ``native`` recipe: MOG2 (history = frames, no shadows) at native size, square dilation, resize."""
+    mog = cv2.createBackgroundSubtractorMOG2(history=len(frames), detectShadows=False)
+    for frame in frames:
+        mog.apply(frame)
+    return _area_resize(_masked(frames, mog.getBackgroundImage(), structure=np.ones((3, 3), bool)), size)
+
+
+def test_default_dilation_is_scipy_binary_dilation_with_the_cross():
+    rng = np.random.default_rng(0)
+    mask = (rng.random((40, 50)) < 0.03).astype(np.uint8)
+    cross = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3)), iterations=5)
+    np.testing.assert_array_equal(cross.astype(bool), ndimage.binary_dilation(mask, iterations=5))
+    background = np.zeros((40, 50, 3), np.uint8)
+    frame = np.repeat(mask[..., None] * 60, 3, axis=-1).astype(np.uint8)  # summed diff 180 > 128 on the mask
+    np.testing.assert_array_equal(foreground_mask(frame, background).astype(bool), cross.astype(bool))
+
+
+def test_cross_and_square_elements_differ():
+    frame, background = np.zeros((9, 9, 3), np.uint8), np.zeros((9, 9, 3), np.uint8)
+    frame[4, 4] = 255
+    assert foreground_mask(frame, background, dilate_iterations=1).sum() == 5  # default: cross
+    assert foreground_mask(frame, background, dilate_iterations=1, kernel=RECIPES["native"].kernel()).sum() == 9
+
+
+def test_remove_background_default_matches_mog2_defaults_and_recipes_differ():
+    frames = moving_square_video(n_frames=32, height=48, width=64, lead_in=2)
+    np.testing.assert_array_equal(remove_background(frames), lsa_by_hand(frames, (48, 64)))
+    native = remove_background(frames, recipe="native")
+    np.testing.assert_array_equal(native, native_by_hand(frames, (48, 64)))
+    assert not np.array_equal(native, remove_background(frames))
+    with pytest.raises(UserError, match="unknown background recipe"):
+        remove_background(frames, recipe="gabrijp")
+
+
 # ---------------------------------------------------------------- decoding and caching
+
+def _square_clip(folder) -> np.ndarray:
+    """A moving-square clip written as JPEG frames; returns the frames as decoded (BGR)."""
+    write_frames(folder, moving_square_video(n_frames=24, height=96, width=128, square=16, lead_in=2))
+    return np.stack([cv2.imread(str(p)) for p in V.list_frame_files(folder)])
+
+
+def test_default_recipe_resizes_before_the_background_estimate(tmp_path):
+    decoded = _square_clip(tmp_path / "clip")
+    lsa = V.load_video_frames(tmp_path / "clip", size=(24, 32), remove_bg=True)
+    np.testing.assert_array_equal(lsa, lsa_by_hand(decoded, (24, 32))[..., ::-1])
+    native = V.load_video_frames(tmp_path / "clip", size=(24, 32), remove_bg=True, background_recipe="native")
+    np.testing.assert_array_equal(native, native_by_hand(decoded, (24, 32))[..., ::-1])
+    assert not np.array_equal(lsa, native)
+    np.testing.assert_array_equal(  # the offline preprocessing runs the same recipes (BGR in and out)
+        V.preprocess_frames(decoded, (24, 32), 128, 5), lsa_by_hand(decoded, (24, 32))
+    )
+    np.testing.assert_array_equal(
+        V.preprocess_frames(decoded, (24, 32), 128, 5, "native"), native_by_hand(decoded, (24, 32))
+    )
+
+
+def test_background_recipe_is_part_of_the_cache_key(tmp_path, monkeypatch):
+    _square_clip(tmp_path / "clip")
+    V.load_video_frames(tmp_path / "clip", size=(24, 32), remove_bg=True)
+    V.load_video_frames(tmp_path / "clip", size=(24, 32), remove_bg=False)
+    _no_decoding(monkeypatch)
+    V.load_video_frames(tmp_path / "clip", size=(24, 32), remove_bg=True, background_recipe="lsa")
+    V.load_video_frames(tmp_path / "clip", size=(24, 32), remove_bg=False, background_recipe="native")  # no-op
+    with pytest.raises(AssertionError, match="decoded"):
+        V.load_video_frames(tmp_path / "clip", size=(24, 32), remove_bg=True, background_recipe="native")
+    with pytest.raises(UserError, match="unknown background recipe"):
+        V.load_split(tmp_path, "ped2", "training", size=(24, 32), background_recipe="mog")
+
+
+def test_entries_cached_before_recipes_are_not_reused(tmp_path):
+    clip = (tmp_path / "clip").resolve()
+    _square_clip(clip)
+    stamps = [(f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in V.list_frame_files(clip)]
+    old_key = cache_key("video-frames-v1", clip, (24, 32), True, 128, 5, stamps)  # key of the native-only code
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    np.save(cache_dir() / f"video-frames-{old_key}.npy", np.full((24, 24, 32, 3), 7, np.uint8))
+    assert (V.load_video_frames(clip, size=(24, 32), remove_bg=True) != 7).any()
+
+
+def test_background_recipe_flag_reaches_the_loaders(tmp_path, monkeypatch):
+    assert main_shanghaitech.video_config([])["background_recipe"] == "lsa"
+    assert main_shanghaitech.video_config(["--background-recipe", "native"])["background_recipe"] == "native"
+    assert V._parser().parse_args(["preprocess", "--src", "a", "--dst", "b"]).background_recipe == "lsa"
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_load_split(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(main_shanghaitech, "load_split", fake_load_split)
+    with pytest.raises(Stop):
+        main_shanghaitech.main(["-dp", str(tmp_path), "-ee", "--background-recipe", "native", "--run-dir",
+                                str(tmp_path / "run"), "--device", "cpu", "--no-progress"])
+    assert seen["background_recipe"] == "native"
+
 
 def test_load_video_frames_is_rgb_resized_and_cached(tmp_path, monkeypatch):
     frames = np.zeros((5, 24, 32, 3), np.uint8)
@@ -272,6 +394,12 @@ def test_preprocess_official_layout_end_to_end(tmp_path, capsys):
     src, dst = tmp_path / "official", tmp_path / "prepared"
     info = make_official_shanghaitech(src)
     V.main(["preprocess", "--src", str(src), "--dst", str(dst), "--size", "32", "48"])
+    V.main(["preprocess", "--src", str(src), "--dst", str(tmp_path / "native"), "--size", "32", "48",
+            "--background-recipe", "native"])
+    clip = next(iter(info["test"]))
+    lsa_frames = V.load_video_frames(dst / "testing" / "nobackground_frames_resized" / clip)
+    native_frames = V.load_video_frames(tmp_path / "native" / "testing" / "nobackground_frames_resized" / clip)
+    assert not np.array_equal(lsa_frames, native_frames)
     for split, clips in (("training", info["train"]), ("testing", info["test"])):
         base = dst / split / "nobackground_frames_resized"
         assert sorted(p.name for p in base.iterdir()) == sorted(clips)  # no temp folders left

@@ -62,3 +62,46 @@ def test_errors(tmp_path, capsys):
     assert "-ee" in expect_user_error(main, capsys, ["-dp", str(tmp_path), "-ptr", *FAST])
     assert "not found" in expect_user_error(main, capsys, ["-dp", str(tmp_path / "none"), "-ee", *FAST])
     assert "-ck" in expect_user_error(main, capsys, ["-dp", str(tmp_path), "-tt", *FAST])
+
+
+def test_channels_last_is_applied_to_video_runs(tmp_path):
+    """--channels-last lays out clips and 3-D conv weights as channels_last_3d; the numbers stay the same."""
+    root = tmp_path / "st"
+    make_authors_shanghaitech(root)
+    plain = main(["-dp", str(root), "-ee", "-tt", "--run-dir", str(tmp_path / "a"), *FAST])
+    fast = main(["-dp", str(root), "-ee", "-tt", "--run-dir", str(tmp_path / "b"), "--channels-last", *FAST])
+    import torch
+
+    state = torch.load(tmp_path / "b" / "model.pt", weights_only=False)["state"]
+    conv = next(v for k, v in state.items() if v.dim() == 5)
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
+    losses = [float(next(csv.DictReader(open(d / "train_log.csv")))["loss"]) for d in (tmp_path / "a", tmp_path / "b")]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)  # float32 summation order only
+    assert fast["auc"] == pytest.approx(plain["auc"], abs=0.05)
+
+
+def test_video_objective_sums_the_heads_by_default(tmp_path):
+    root = tmp_path / "st"
+    make_authors_shanghaitech(root)
+    args = ["-dp", str(root), "-ee", "-ile", "4", "5", "6", *FAST, "--clips-per-epoch", "2"]  # one step in epoch 1
+    main([*args, "--run-dir", str(tmp_path / "s")])
+    main([*args, "--run-dir", str(tmp_path / "m"), "--layer-reduction", "mean"])
+    first = [next(csv.DictReader(open(tmp_path / d / "train_log.csv"))) for d in ("s", "m")]
+    # epoch 1: same weights, same clips; one-class term of 3 heads summed = 3 x their mean
+    assert float(first[0]["one_class"]) == pytest.approx(3 * float(first[1]["one_class"]), rel=1e-3)
+
+
+def test_best_loss_checkpoint_is_tested(tmp_path):
+    root = tmp_path / "st"
+    make_authors_shanghaitech(root)
+    m = main(["-dp", str(root), "-ee", "-tt", "--run-dir", str(tmp_path / "r"), *FAST, "-e", "3",
+              "--test-checkpoint", "best-loss"])
+    import torch
+
+    with open(tmp_path / "r" / "train_log.csv") as fh:
+        losses = [float(r["loss"]) for r in csv.DictReader(fh)]
+    best = torch.load(tmp_path / "r" / "model_best.pt", weights_only=False)
+    assert best["epoch"] == max(i + 1 for i, v in enumerate(losses) if v == min(losses))
+    again = main(["-dp", str(root), "-tt", "-ck", str(tmp_path / "r" / "model_best.pt"), "--run-dir",
+                  str(tmp_path / "t"), *FAST])
+    assert m["test_checkpoint"] == "best-loss" and again["auc"] == pytest.approx(m["auc"])

@@ -45,16 +45,16 @@ from models.lenet import LAYER_INDICES, LeNetAutoencoder, PooledFeatureNet
 from models.lenet_grouped import GroupedLeNetAutoencoder, GroupedPooledFeatureNet, stack_runs
 from trainers.engine import StageSettings, make_optimizer
 from trainers.evaluate import score_and_evaluate
-from trainers.objective import BOUNDARIES, MultiLayerObjective, push_from_zero
+from trainers.objective import BOUNDARIES, MultiLayerObjective, push_from_zero, recalibrate_batchnorm
 from trainers.one_class import ONE_CLASS_KIND, OneClassModel
 from trainers.pretrain import AE_KIND, epoch_generator
 from trainers.two_stage import DEBUG_BATCHES, _stage, choose_layers, debug_subset
 from utils import results
 from utils.batching import batch_slices
-from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.checkpoint import load_checkpoint, replace_state, save_checkpoint
 from utils.cli import CONFIG_DIR, cifar10_parser, resolve_config
 from utils.errors import UserError, exit_on_user_error
-from utils.runtime import environment, pick_device, set_seed
+from utils.runtime import batch_placer, environment, pick_device, set_seed
 
 DATASET = "cifar10"
 DEFAULT_CONFIG = CONFIG_DIR / "cifar10.yaml"
@@ -207,7 +207,6 @@ def fit_batched(
     labels: Sequence[str],
     save: Callable[[int, torch.optim.Optimizer, Any, list[list[dict[str, float]]]], None],
     *,
-    device: torch.device,
     train_modules: Sequence[nn.Module],
     resume: Resume | None = None,
     extra_payload: Callable[[], list[dict[str, float]]] | None = None,
@@ -220,6 +219,7 @@ def fit_batched(
     once per epoch, never per batch.
     """
     params = list(params)
+    device = params[0].device  # the loop's tensors live with the parameters (one device, decided by the caller)
     k = len(labels)
     optimizer = make_optimizer(params, settings)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, settings.milestones, gamma=settings.gamma)
@@ -337,6 +337,9 @@ def _check(runs: Sequence[RunSpec], config: dict[str, Any]) -> None:
     if config.get("compile"):
         raise UserError("--compile is not supported by trainers.batched (its grouped model has its own loop); "
                         "drop --compile or run main_cifar10.py")
+    if config["test_checkpoint"] != "last":
+        raise UserError("--test-checkpoint best-loss is not supported by trainers.batched (its runs share one "
+                        "loop); drop it or run main_cifar10.py")
     zl = int(config["code_length"])
     if zl <= 0 or zl % 16:
         raise UserError(f"-zl {zl}: the CIFAR-10 code length must be a positive multiple of 16")
@@ -374,7 +377,7 @@ def train_batched(runs: Sequence[RunSpec], config: dict[str, Any], device: torch
     limit = DEBUG_BATCHES if config["debug"] else None
     bs = int(config["batch_size"])
     fmt = torch.channels_last if config.get("channels_last") else torch.contiguous_format
-    prepare = (lambda x: x.contiguous(memory_format=fmt)) if config.get("channels_last") else (lambda x: x)
+    prepare = batch_placer(device, bool(config.get("channels_last")))
     seeds = [r.seed for r in runs]
 
     data = load_data(runs, config, device)
@@ -390,7 +393,7 @@ def train_batched(runs: Sequence[RunSpec], config: dict[str, Any], device: torch
     # ---- stage 1: AE pretraining. Run r starts from LeNetAutoencoder(zl) built right after set_seed(seed_r).
     singles: list[LeNetAutoencoder] = []
     for s in seeds:
-        set_seed(s)
+        set_seed(s, deterministic=bool(config.get("deterministic")))
         singles.append(LeNetAutoencoder(zl))
     ae = GroupedLeNetAutoencoder.from_models(singles).to(device, memory_format=fmt)
     ae_paths = [d / results.AE_CHECKPOINT for d in run_dirs]
@@ -425,7 +428,7 @@ def train_batched(runs: Sequence[RunSpec], config: dict[str, Any], device: torch
     pre_hist = fit_batched(
         list(ae.parameters()), ae_step,
         lambda e: data.train.batches(bs, orders=epoch_orders(seeds, n, e), limit=limit, drop_singleton=True),
-        _stage(config, "pretrain", "ae"), labels, save_ae, device=device, train_modules=[ae], resume=resume, log=log)
+        _stage(config, "pretrain", "ae"), labels, save_ae, train_modules=[ae], resume=resume, log=log)
     timings["pretrain_s"] = time.perf_counter() - t0
     for d, h in zip(run_dirs, pre_hist):
         results.write_history(d / "pretrain_log.csv", h)
@@ -433,6 +436,10 @@ def train_batched(runs: Sequence[RunSpec], config: dict[str, Any], device: torch
     # ---- centroids: per run, mean feature over its training set, net in eval mode.
     net = GroupedPooledFeatureNet(ae.encoder, layers)
     t0 = time.perf_counter()
+    recalibrate = bool(config.get("recalibrate_bn"))
+    calibration = lambda: (prepare(x) for x in data.train.batches(bs, limit=limit, drop_singleton=True))  # noqa: E731
+    if recalibrate:  # BatchNorm channels are per run, so this is each run's own re-estimation
+        recalibrate_batchnorm(net, calibration())
     centers = _centroids(net, (prepare(x) for x in data.train.batches(bs, limit=limit)))
     timings["centroids_s"] = time.perf_counter() - t0
     radii = {j: torch.zeros(k, device=device, dtype=torch.float32) for j in layers}  # as the objective's buffers
@@ -486,7 +493,8 @@ def train_batched(runs: Sequence[RunSpec], config: dict[str, Any], device: torch
             for j in layers:
                 r2 = (radii[j] ** 2)[:, None]
                 per_layer.append(r2[:, 0] + torch.clamp(dist[j] - r2, min=0).mean(dim=1) / nu)
-        losses = torch.stack(per_layer).mean(dim=0)
+        stacked = torch.stack(per_layer)
+        losses = stacked.mean(dim=0) if config["layer_reduction"] == "mean" else stacked.sum(dim=0)
 
         def update_radii():  # after the step, from this batch (eq. 2), as MultiLayerObjective.update_radii
             with torch.no_grad():
@@ -504,8 +512,12 @@ def train_batched(runs: Sequence[RunSpec], config: dict[str, Any], device: torch
     oc_hist = fit_batched(
         enc_params, oc_step,
         lambda e: data.train.batches(bs, orders=epoch_orders(seeds, n, e), limit=limit, drop_singleton=True),
-        _stage(config, "train", "oc"), labels, save_model, device=device, train_modules=[net], resume=resume,
+        _stage(config, "train", "oc"), labels, save_model, train_modules=[net], resume=resume,
         extra_payload=radii_rows, log=log)
+    if recalibrate:  # as two_stage: the per-run checkpoints then hold the statistics that are tested
+        recalibrate_batchnorm(net, calibration())
+        for path, m in zip(model_paths, one_class_models()):
+            replace_state(path, ONE_CLASS_KIND, _cpu_state(m))
     timings["train_s"] = time.perf_counter() - t0
     for d, h in zip(run_dirs, oc_hist):
         results.write_history(d / "train_log.csv", h)
@@ -520,7 +532,7 @@ def train_batched(runs: Sequence[RunSpec], config: dict[str, Any], device: torch
     timings["test_s"] = time.perf_counter() - t0
     all_metrics = []
     for r, (spec, run_dir, model) in enumerate(zip(runs, run_dirs, one_class_models())):
-        objective = model.objective.cpu()
+        objective = model.objective  # on the device, with the distances
         labels_r = data.test_labels[r][keeps[r]]
         try:
             scored = score_and_evaluate(objective, {j: dist[j][r] for j in layers}, labels_r)
@@ -565,12 +577,12 @@ def _centroids(net: GroupedPooledFeatureNet, batches: Iterator[Tensor]) -> dict[
 @torch.no_grad()
 def _test_distances(net: GroupedPooledFeatureNet, centers: dict[int, Tensor], batches: Iterator[Tensor],
                     prepare: Callable[[Tensor], Tensor]) -> dict[int, Tensor]:
-    """Squared distances of every test sample, per run and layer: {j: (K, N)} on the CPU."""
+    """Squared distances of every test sample, per run and layer: {j: (K, N)}, on the model's device."""
     net.eval()
     parts: dict[int, list[Tensor]] = {j: [] for j in centers}
     for x in batches:
         for j, f in net(prepare(x)).items():
-            parts[j].append(((f.float() - centers[j][:, None, :]) ** 2).sum(dim=2).float().cpu())
+            parts[j].append(((f.float() - centers[j][:, None, :]) ** 2).sum(dim=2).float())
     return {j: torch.cat(v, dim=1) for j, v in parts.items()}
 
 

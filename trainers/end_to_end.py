@@ -19,6 +19,7 @@ from tqdm import tqdm
 from trainers.engine import StageSettings, fit
 from trainers.objective import MultiLayerObjective, compute_centroids
 from trainers.pretrain import epoch_generator, reconstruction_loss
+from utils.runtime import batch_placer, module_device
 from utils.video_scoring import clip_scores_to_frame_scores, combine_scores, frame_auc, minmax_normalise
 
 END_TO_END_KIND = "end_to_end"
@@ -66,7 +67,8 @@ def initial_centroids(net: nn.Module, sample: Callable[[torch.Generator | None],
                       seed: int) -> dict[int, Tensor]:
     """Centroids of the untrained model over ``n_batches`` random training clips (eval mode)."""
     gen = epoch_generator(seed, -1)
-    return compute_centroids(HeadFeatures(net), (sample(gen) for _ in range(n_batches)))
+    place = batch_placer(module_device(net))
+    return compute_centroids(HeadFeatures(net), (place(sample(gen)) for _ in range(n_batches)))
 
 
 def train_end_to_end(
@@ -81,14 +83,15 @@ def train_end_to_end(
     *,
     recon_weight: float = 1.0,
     resume: bool = False,
-    device: torch.device = torch.device("cpu"),
     log: Callable[[str], None] = print,
+    best_checkpoint: Path | None = None,
 ) -> list[dict[str, float]]:
     """One "epoch" = ``n_batches`` batches of clips drawn uniformly with replacement (the authors' scheme)."""
     objective = model.objective
+    place = batch_placer(module_device(model))
 
     def step(x: Tensor, epoch: int):
-        out = end_to_end_loss(model, x.to(device, non_blocking=True), recon_weight)
+        out = end_to_end_loss(model, place(x), recon_weight)
         hook = None
         if objective.boundary == "soft" and epoch >= warm_up_epochs:
             hook = lambda: objective.update_radii(out.distances)  # noqa: E731
@@ -100,7 +103,8 @@ def train_end_to_end(
 
     radii = lambda: {f"radius_{k}": r for k, r in objective.radii().items()}  # noqa: E731
     return fit(model, model.net.parameters(), step, batches, n_batches, settings, checkpoint, END_TO_END_KIND,
-               arch, resume=resume, device=device, log=log, extra_payload=radii, forward_module=model.net)
+               arch, resume=resume, log=log, extra_payload=radii, forward_module=model.net,
+               best_checkpoint=best_checkpoint)
 
 
 @dataclass
@@ -117,19 +121,20 @@ class VideoScores:
 
 @torch.no_grad()
 def score_videos(model: EndToEndModel, clips, labels: list[np.ndarray], batch_size: int,
-                 device: torch.device, progress: bool = True, max_videos: int | None = None) -> VideoScores:
+                 progress: bool = True, max_videos: int | None = None) -> VideoScores:
     """Score every stride-1 window of each test video and evaluate frame-level AUC.
 
     ``clips`` is a ``datasets.video.VideoClips`` of the test videos; ``labels`` one 0/1 array per video.
     """
     model.eval()
     objective = model.objective
+    place = batch_placer(module_device(model))
     n_videos = len(clips.videos) if max_videos is None else min(max_videos, len(clips.videos))
     out = VideoScores([], [], [], [], [], {})
     for v in tqdm(range(n_videos), desc="test videos", disable=not progress, leave=False):
         oc_parts, rec_parts = [], []
         for x in clips.test_windows(v, batch_size):
-            x = x.to(device)
+            x = place(x)
             x_rec, feats = model.net(x)
             oc_parts.append(objective.combined_score(objective.layer_scores(objective.distances(feats))).cpu())
             rec_parts.append(((x_rec.float() - x) ** 2).flatten(1).sum(1).cpu())

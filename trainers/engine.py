@@ -91,10 +91,10 @@ def fit(
     kind: str,
     arch: dict[str, Any],
     resume: bool = False,
-    device: torch.device = torch.device("cpu"),
     log: Callable[[str], None] = print,
     extra_payload: Callable[[], dict[str, Any]] | None = None,
     forward_module: nn.Module | None = None,
+    best_checkpoint: Path | None = None,
 ) -> list[dict[str, float]]:
     """Train ``state`` for ``settings.epochs`` epochs, checkpointing atomically after each one.
 
@@ -102,11 +102,15 @@ def fit(
     checkpoint of the same kind and architecture, training continues after its last epoch.
     With ``settings.compile``, ``forward_module`` (the module ``step`` calls; default ``state``) is
     compiled in place first; the first epoch's time then includes the compilation.
-    Returns the per-epoch history (loss, lr, seconds, extra scalars).
+    With ``best_checkpoint``, the weights of the epoch with the lowest mean training loss so far
+    (ties: the later epoch, as the authors' ``<=``) are also written there (``--test-checkpoint
+    best-loss``). Returns the per-epoch history (loss, lr, seconds, extra scalars). The loop's own tensors live
+    where the trained parameters live (``utils.runtime.module_device``): there is no second device.
     """
     if settings.compile:
         compile_in_place(state if forward_module is None else forward_module)
     params = list(params)
+    device = params[0].device if params else torch.device("cpu")
     optimizer = make_optimizer(params, settings)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, settings.milestones, gamma=settings.gamma)
     history: list[dict[str, float]] = []
@@ -166,6 +170,9 @@ def fit(
             save_checkpoint(checkpoint, kind, arch, state=state.state_dict(), optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(), epoch=epoch + 1, history=history,
                             torch_rng=torch.get_rng_state())
+            if best_checkpoint is not None and mean_loss <= min(h["loss"] for h in history):
+                save_checkpoint(best_checkpoint, kind, arch, state=state.state_dict(), epoch=epoch + 1,
+                                history=history)
     return history
 
 

@@ -25,25 +25,41 @@ class ScoreResult:
 @torch.no_grad()
 def test_distances(net: nn.Module, objective: MultiLayerObjective, batches: Iterable[Tensor],
                    prepare: Callable[[Tensor], Tensor] = lambda x: x) -> dict[int, Tensor]:
-    """Squared distances per layer for every test sample, in one batched pass (net in eval mode)."""
+    """Squared distances per layer for every test sample, in one batched pass (net in eval mode).
+
+    They stay on the model's device, next to the objective's radii; ``to_numpy`` is the only way
+    out to the host, once, after scoring (eq. 6 subtracts R^2 from them).
+    """
     net.eval()
     parts: dict[int, list[Tensor]] = {k: [] for k in objective.layer_indices}
     for x in batches:
         for k, d in objective.distances(net(prepare(x))).items():
-            parts[k].append(d.float().cpu())
+            parts[k].append(d.float())
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
-def score_and_evaluate(objective: MultiLayerObjective, distances: dict[int, Tensor], labels: np.ndarray,
-                       patches_per_image: int | None = None) -> ScoreResult:
-    """Turn distances into eq. 6 scores (eq. 7 max over patches if given) and compute AUC / maxBA."""
+def score_tensors(objective: MultiLayerObjective, distances: dict[int, Tensor],
+                  patches_per_image: int | None = None) -> tuple[dict[int, Tensor], Tensor]:
+    """Eq. 6 per layer and combined (eq. 7 max over patches if given), on the objective's device."""
     per_layer = objective.layer_scores(distances)
     combined = objective.combined_score(per_layer)
     if patches_per_image:
         per_layer = {k: max_over_patches(v, patches_per_image) for k, v in per_layer.items()}
         combined = max_over_patches(combined, patches_per_image)
-    layer_np = {k: v.numpy().astype(np.float64) for k, v in per_layer.items()}
-    combined_np = combined.numpy().astype(np.float64)
+    return per_layer, combined
+
+
+def to_numpy(t: Tensor) -> np.ndarray:
+    """The single device-to-host step of scoring: float64 NumPy for the metrics."""
+    return t.detach().cpu().numpy().astype(np.float64)
+
+
+def score_and_evaluate(objective: MultiLayerObjective, distances: dict[int, Tensor], labels: np.ndarray,
+                       patches_per_image: int | None = None) -> ScoreResult:
+    """Turn distances into eq. 6 scores (eq. 7 max over patches if given) and compute AUC / maxBA."""
+    per_layer, combined = score_tensors(objective, distances, patches_per_image)
+    layer_np = {k: to_numpy(v) for k, v in per_layer.items()}
+    combined_np = to_numpy(combined)
     if not np.isfinite(combined_np).all():
         raise ValueError("test scores contain NaN or inf: the model diverged")
     metrics = detection_metrics(labels, combined_np)

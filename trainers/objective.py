@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 BOUNDARIES = ("hard", "soft")
+LAYER_REDUCTIONS = ("mean", "sum")  # eq. 4 averages the layers' losses; the authors' code sums them
 CENTROID_EPS = 0.1  # Deep SVDD's rule: coordinates closer than this to 0 are pushed to +-eps
 
 
@@ -124,10 +125,14 @@ class MultiLayerObjective(nn.Module):
     Buffers (saved in checkpoints): ``center_<j>`` and ``radius_<j>`` per layer index j.
     """
 
-    def __init__(self, centers: Mapping[int, Tensor], boundary: str = "soft", nu: float = 0.1):
+    def __init__(self, centers: Mapping[int, Tensor], boundary: str = "soft", nu: float = 0.1,
+                 layer_reduction: str = "mean"):
         super().__init__()
         if boundary not in BOUNDARIES:
             raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+        if layer_reduction not in LAYER_REDUCTIONS:
+            raise ValueError(f"layer_reduction must be one of {LAYER_REDUCTIONS}, got {layer_reduction!r}")
+        self.layer_reduction = layer_reduction
         if not 0.0 < nu <= 1.0:
             raise ValueError(f"nu must be in (0, 1], got {nu}")
         self.boundary = boundary
@@ -135,7 +140,7 @@ class MultiLayerObjective(nn.Module):
         self.layer_indices = [int(k) for k in centers]
         for k, c in centers.items():
             self.register_buffer(f"center_{k}", c.detach().float().clone())
-            self.register_buffer(f"radius_{k}", torch.zeros((), dtype=torch.float32))
+            self.register_buffer(f"radius_{k}", torch.zeros((), dtype=torch.float32, device=c.device))
 
     def center(self, k: int) -> Tensor:
         return getattr(self, f"center_{k}")
@@ -151,12 +156,15 @@ class MultiLayerObjective(nn.Module):
         return {k: squared_distances(features[k].float(), self.center(k)) for k in self.layer_indices}
 
     def loss(self, distances: Mapping[int, Tensor]) -> Tensor:
-        """Eq. 4 without the weight decay (that lives in the optimizer): mean over layers."""
+        """Eq. 4 without the weight decay (that lives in the optimizer): the layers' losses averaged
+        (eq. 4) or summed (the authors' code; with a reconstruction term beside it, or Adam's coupled
+        L2 decay, the two are not just a rescaling of each other)."""
         if self.boundary == "hard":
             per_layer = [hard_boundary_loss(distances[k]) for k in self.layer_indices]
         else:
             per_layer = [soft_boundary_loss(distances[k], self.radius(k), self.nu) for k in self.layer_indices]
-        return torch.stack(per_layer).mean()
+        stacked = torch.stack(per_layer)
+        return stacked.mean() if self.layer_reduction == "mean" else stacked.sum()
 
     @torch.no_grad()
     def update_radii(self, distances: Mapping[int, Tensor]) -> None:

@@ -51,7 +51,7 @@ def train_one_class(
     seed: int,
     *,
     resume: bool = False,
-    device: torch.device = torch.device("cpu"),
+    best_checkpoint: Path | None = None,
     limit: int | None = None,
     prepare: Callable[[Tensor], Tensor] = lambda x: x,
     log: Callable[[str], None] = print,
@@ -65,4 +65,5 @@ def train_one_class(
     radii = lambda: {f"radius_{k}": r for k, r in model.objective.radii().items()}  # noqa: E731
     return fit(model, model.net.parameters(), one_class_step(model, warm_up_epochs, prepare), batches,
                source.n_batches(batch_size, limit), settings, checkpoint, ONE_CLASS_KIND, arch,
-               resume=resume, device=device, log=log, extra_payload=radii, forward_module=model.net)
+               resume=resume, log=log, extra_payload=radii, forward_module=model.net,
+               best_checkpoint=best_checkpoint)

@@ -33,7 +33,6 @@ def pretrain_autoencoder(
     seed: int,
     *,
     resume: bool = False,
-    device: torch.device = torch.device("cpu"),
     limit: int | None = None,
     prepare: Callable[[Tensor], Tensor] = lambda x: x,
     log: Callable[[str], None] = print,
@@ -49,4 +48,4 @@ def pretrain_autoencoder(
                               drop_singleton=True)
 
     return fit(autoencoder, autoencoder.parameters(), step, batches, source.n_batches(batch_size, limit),
-               settings, checkpoint, AE_KIND, arch, resume=resume, device=device, log=log)
+               settings, checkpoint, AE_KIND, arch, resume=resume, log=log)

@@ -26,7 +26,7 @@ from utils import results
 from utils.batching import TensorSource
 from utils.checkpoint import load_checkpoint, replace_state
 from utils.errors import UserError
-from utils.runtime import environment, pick_device, set_seed
+from utils.runtime import batch_placer, environment, pick_device, set_seed
 
 DEBUG_BATCHES = 5
 
@@ -80,7 +80,7 @@ def run_two_stage(exp: ImageExperiment, config: dict[str, Any], log: Callable[[s
         raise UserError("nothing to do: add -ptr (pretrain), -tr (train) and/or -tt (test)")
     device = pick_device(config["device"])
     seed = int(config["seed"])
-    set_seed(seed)
+    set_seed(seed, deterministic=bool(config.get("deterministic")))
     layers = choose_layers(config, exp.valid_layers)
     run_dir = results.run_dir_for(config, exp.dataset, exp.class_name, layers)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,7 @@ def run_two_stage(exp: ImageExperiment, config: dict[str, Any], log: Callable[[s
     bs = int(config["batch_size"])
     channels_last = bool(config.get("channels_last")) and exp.train.data.dim() == 4
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    prepare = (lambda x: x.contiguous(memory_format=fmt)) if channels_last else (lambda x: x)
+    prepare = batch_placer(device, channels_last)  # the one rule for where and how batches live
     train = dataclasses.replace(exp.train, data=exp.train.data.to(device))  # keeps transform, samples_per_epoch
     timings: dict[str, float] = {}
 
@@ -102,7 +102,7 @@ def run_two_stage(exp: ImageExperiment, config: dict[str, Any], log: Callable[[s
         ae = build_ae()
         t0 = time.perf_counter()
         history = pretrain_autoencoder(ae, train, _stage(config, "pretrain", "ae"), bs, ae_path, exp.arch, seed,
-                                       resume=config["resume"], device=device, limit=limit, prepare=prepare, log=log)
+                                       resume=config["resume"], limit=limit, prepare=prepare, log=log)
         timings["pretrain_s"] = time.perf_counter() - t0
         results.write_history(run_dir / "pretrain_log.csv", history)
     elif config["train"]:
@@ -122,21 +122,26 @@ def run_two_stage(exp: ImageExperiment, config: dict[str, Any], log: Callable[[s
         (recalibrate_batchnorm if recalibrate else calibrate_new_batchnorm)(net, calibration())
         centers = compute_centroids(net, (prepare(x) for x in train.batches(bs, limit=limit)))
         timings["centroids_s"] = time.perf_counter() - t0
-        model = OneClassModel(net, MultiLayerObjective(centers, config["boundary"], float(config["nu"]))).to(device)
+        objective = MultiLayerObjective(centers, config["boundary"], float(config["nu"]), config["layer_reduction"])
+        model = OneClassModel(net, objective).to(device)
         oc_arch = {**exp.arch, **exp.net_arch, "layers": layers, "boundary": config["boundary"], "nu": float(config["nu"])}
         t0 = time.perf_counter()
+        best_path = run_dir / results.BEST_CHECKPOINT if config["test_checkpoint"] == "best-loss" else None
         history = train_one_class(model, train, _stage(config, "train", "oc"), bs, int(config["warm_up_n_epochs"]),
-                                  model_path, oc_arch, seed, resume=config["resume"], device=device, limit=limit,
-                                  prepare=prepare, log=log)
-        if recalibrate:  # the checkpoint then holds the statistics that are tested
-            recalibrate_batchnorm(model.net, calibration())
-            replace_state(model_path, ONE_CLASS_KIND, model.state_dict())
+                                  model_path, oc_arch, seed, resume=config["resume"], best_checkpoint=best_path,
+                                  limit=limit, prepare=prepare, log=log)
+        for path in (p for p in (model_path, best_path) if p is not None):
+            if path == best_path:  # test the epoch with the lowest training loss (the authors' MVTec choice)
+                model.load_state_dict(load_checkpoint(path, ONE_CLASS_KIND)["state"])
+            if recalibrate:  # the checkpoint then holds the statistics that are tested
+                recalibrate_batchnorm(model.net, calibration())
+                replace_state(path, ONE_CLASS_KIND, model.state_dict())
         timings["train_s"] = time.perf_counter() - t0
         results.write_history(run_dir / "train_log.csv", history)
     elif config["test"]:
         if not config["model_ckp"]:
             raise UserError("-tt without -tr needs -ck <trained checkpoint (model.pt of an earlier run)>")
-        model = load_one_class_model(Path(config["model_ckp"]), exp, device, fmt)
+        model = load_one_class_model(results.tested_checkpoint(Path(config["model_ckp"]), config), exp, device, fmt)
 
     if not config["test"]:
         return None
@@ -160,6 +165,7 @@ def run_two_stage(exp: ImageExperiment, config: dict[str, Any], log: Callable[[s
         "auc": scored.metrics["auc"], "max_ba": scored.metrics["max_ba"],
         "per_layer": scored.metrics["per_layer"], "score_std": scored.metrics["score_std"],
         "radii": model.objective.radii(), "n_test": n, "n_anomalous": int(np.sum(labels)),
+        "test_checkpoint": config["test_checkpoint"],
         "timings": timings, "device": str(device), **exp.summary,
     }
     results.write_metrics(run_dir, metrics)

@@ -21,7 +21,21 @@ CONFIG_DIR = PROJECT_ROOT / "configs"
 _META_KEYS = {"config", "preset"}
 
 
-def _common_flags(p: argparse.ArgumentParser, *, code_length: int, batch_size: int, warm_up: int) -> None:
+def _reject(p: argparse.ArgumentParser, *flags: str, dest: str, why: str, nargs: str | None = None,
+            switch: bool = False) -> None:
+    """A flag the authors' scripts accept but that would change nothing here: parsed (so their
+    commands still parse), then refused by ``resolve_config`` with a one-line reason."""
+    if switch:
+        p.add_argument(*flags, dest=dest, default=None, action="store_const", const=True, help=argparse.SUPPRESS)
+    else:
+        p.add_argument(*flags, dest=dest, default=None, nargs=nargs, help=argparse.SUPPRESS)
+    if not hasattr(p, "rejected"):
+        p.rejected = {}
+    p.rejected[dest] = (flags[0], why)
+
+
+def _common_flags(p: argparse.ArgumentParser, *, code_length: int, batch_size: int, warm_up: int,
+                  two_stage: bool = True, layer_reduction: str = "mean") -> None:
     """Flags shared by all three entry scripts (authors' names first, ours after)."""
     p.add_argument("--config", type=str, default=None, help="YAML file of hyperparameters (flags override it)")
     p.add_argument("--preset", nargs="*", default=[], help="named sections of the YAML file to apply, in order")
@@ -33,15 +47,23 @@ def _common_flags(p: argparse.ArgumentParser, *, code_length: int, batch_size: i
     p.add_argument("-zl", "--code-length", dest="code_length", type=int, default=code_length)
     p.add_argument("-ck", "--model-ckp", dest="model_ckp", type=str, default=None,
                    help="AE checkpoint for -tr without -ptr; trained checkpoint for -tt without -tr")
-    p.add_argument("-alr", "--ae-learning-rate", dest="ae_learning_rate", type=float, default=1e-4)
+    if two_stage:
+        p.add_argument("-alr", "--ae-learning-rate", dest="ae_learning_rate", type=float, default=1e-4)
+        p.add_argument("-awd", "--ae-weight-decay", dest="ae_weight_decay", type=float, default=0.5e-6)
+        p.add_argument("-aml", "--ae-lr-milestones", dest="ae_lr_milestones", type=int, nargs="*", default=[])
+        p.add_argument("-ae", "--ae-epochs", dest="ae_epochs", type=int, default=1, help="AE pretraining epochs")
+    else:
+        why = "video trains in one stage (-ee) with -lr/-wd/-ml/-e; there is no separate AE stage to set"
+        for flags, dest, nargs in ((("-alr", "--ae-learning-rate"), "ae_learning_rate", None),
+                                   (("-awd", "--ae-weight-decay"), "ae_weight_decay", None),
+                                   (("-aml", "--ae-lr-milestones"), "ae_lr_milestones", "*"),
+                                   (("-ae", "--ae-epochs"), "ae_epochs", None)):
+            _reject(p, *flags, dest=dest, why=why, nargs=nargs)
     p.add_argument("-lr", "--learning-rate", dest="learning_rate", type=float, default=1e-4)
-    p.add_argument("-awd", "--ae-weight-decay", dest="ae_weight_decay", type=float, default=0.5e-6)
     p.add_argument("-wd", "--weight-decay", dest="weight_decay", type=float, default=0.5e-6)
-    p.add_argument("-aml", "--ae-lr-milestones", dest="ae_lr_milestones", type=int, nargs="*", default=[])
     p.add_argument("-ml", "--lr-milestones", dest="lr_milestones", type=int, nargs="*", default=[])
     p.add_argument("-we", "--warm_up_n_epochs", dest="warm_up_n_epochs", type=int, default=warm_up,
                    help="epochs before the soft-boundary radius starts being re-estimated")
-    p.add_argument("--use-selectors", dest="use_selectors", action="store_true", default=False)
     p.add_argument("-tbc", "--train-best-conf", dest="train_best_conf", action="store_true", default=False,
                    help="accepted for compatibility; unused (as in the authors' code)")
     p.add_argument("-db", "--debug", action="store_true", default=False, help="stop every loop after 5 batches")
@@ -53,8 +75,16 @@ def _common_flags(p: argparse.ArgumentParser, *, code_length: int, batch_size: i
     p.add_argument("-ile", "--idx-list-enc", dest="idx_list_enc", type=int, nargs="*", default=[],
                    help="layer indices to train and score (any order)")
     p.add_argument("-e", "--epochs", type=int, default=1, help="one-class training epochs")
-    p.add_argument("-ae", "--ae-epochs", dest="ae_epochs", type=int, default=1, help="AE pretraining epochs")
     p.add_argument("-nu", "--nu", type=float, default=0.1)
+    p.add_argument("--layer-reduction", dest="layer_reduction", choices=["mean", "sum"], default=layer_reduction,
+                   help=f"combine the layers' one-class losses by their mean (paper eq. 4) or sum (authors' code); "
+                        f"default {layer_reduction}")
+    p.add_argument("--test-checkpoint", dest="test_checkpoint", choices=["last", "best-loss"], default="last",
+                   help="which one-class epoch -tt scores: the last, or the one with the lowest mean training loss "
+                        "(the authors' choice for MVTec and video)")
+    p.add_argument("--deterministic", action="store_true", default=False,
+                   help="deterministic kernels (torch.use_deterministic_algorithms; on CUDA also cuDNN and cuBLAS "
+                        "settings): a resumed or repeated run then gives the same numbers on the same GPU, slower")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--resume", action="store_true", default=False,
                    help="continue a killed run from the checkpoints in its run folder")
@@ -78,6 +108,8 @@ def cifar10_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("main_cifar10.py", description="MOCCA on CIFAR-10 (one class = normal)")
     _common_flags(p, code_length=32, batch_size=256, warm_up=10)
     _two_stage_flags(p)
+    _reject(p, "--use-selectors", dest="use_selectors", switch=True,
+            why="CIFAR-10 has no selectors (the paper average-pools every layer); drop the flag")
     p.add_argument("-dp", "--data-path", dest="data_path", type=str, default="./cifar10",
                    help="cifar-10-batches-py root, an image-folder root (train/<class>/*.jpg), or its .tar.gz")
     p.add_argument("-nc", "--normal-class", dest="normal_class", type=int, default=5, help="normal class 0-9")
@@ -92,6 +124,10 @@ def mvtec_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("main_mvtec.py", description="MOCCA on MVTec AD (one category = normal)")
     _common_flags(p, code_length=64, batch_size=128, warm_up=5)
     _two_stage_flags(p)
+    p.add_argument("--use-selectors", dest="use_selectors", action="store_true", default=True,
+                   help="a learned selector head per layer (the paper's MVTec model; the default)")
+    p.add_argument("--no-selectors", dest="use_selectors", action="store_false",
+                   help="average-pool the layers instead of the selector heads (not the paper's MVTec model)")
     p.add_argument("-dp", "--data-path", dest="data_path", type=str, default="./MVTec_Anomaly",
                    help="MVTec AD root holding the category folders")
     p.add_argument("-nc", "--normal-class", dest="normal_class", default="cable",
@@ -160,6 +196,9 @@ def resolve_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None =
     elif args.preset:
         raise UserError("--preset needs --config <file> holding a 'presets:' section")
     _apply(config, {k: v for k, v in explicit.items() if k not in _META_KEYS}, "the command line")
+    for key, (flag, why) in getattr(parser, "rejected", {}).items():
+        if config.pop(key) is not None:
+            raise UserError(f"{flag}: {why}")
     config["config_file"] = args.config
     config["presets"] = list(args.preset)
     return config
@@ -168,7 +207,9 @@ def resolve_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None =
 def video_parser() -> argparse.ArgumentParser:
     """The authors' main_shanghaitech.py flags, plus the dataset choice and frame size."""
     p = argparse.ArgumentParser("main_shanghaitech.py", description="MOCCA on video (ShanghaiTech, Ped2, Avenue)")
-    _common_flags(p, code_length=2048, batch_size=4, warm_up=5)
+    _common_flags(p, code_length=2048, batch_size=4, warm_up=5, two_stage=False, layer_reduction="sum")
+    p.add_argument("--use-selectors", dest="use_selectors", action="store_true", default=False,
+                   help="3-D selector modules before the LSTMs (same as -use)")
     p.add_argument("--dataset", choices=["shanghaitech", "ped2", "avenue"], default="shanghaitech")
     p.add_argument("-dp", "--data-path", dest="data_path", type=str, default="./ShanghaiTech")
     p.add_argument("--labels", type=str, default=None, help="frame-label file (.npy of all test frames, or ped2.mat)")
@@ -176,6 +217,9 @@ def video_parser() -> argparse.ArgumentParser:
     p.add_argument("--remove-background", dest="remove_background", choices=["auto", "yes", "no"], default="auto",
                    help="MOG2 background removal at load time (auto: yes for ped2/avenue, no for the "
                         "preprocessed ShanghaiTech layout)")
+    p.add_argument("--background-recipe", dest="background_recipe", choices=["lsa", "native"], default="lsa",
+                   help="lsa: resize, then MOG2 with OpenCV defaults and 3x3-cross dilation (LSA's recipe); "
+                        "native: MOG2 at native size (history = frames, no shadows), 3x3-square dilation, then resize")
     p.add_argument("-cl", "--clip-length", dest="clip_length", type=int, default=16)
     p.add_argument("-ee", "--end-to-end-training", dest="end_to_end", action="store_true", default=False,
                    help="single-stage training of AE + LSTM heads on reconstruction + one-class loss")

@@ -6,13 +6,16 @@ atomically, so a folder with a ``metrics.json`` is a finished run.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import yaml
 
+from utils.errors import UserError
 from utils.io import write_json, write_text
 
 METRICS_FILE = "metrics.json"
@@ -21,16 +24,61 @@ SCORES_FILE = "scores.csv"
 ENV_FILE = "env.json"
 AE_CHECKPOINT = "ae.pt"
 MODEL_CHECKPOINT = "model.pt"
+BEST_CHECKPOINT = "model_best.pt"  # the lowest-training-loss epoch (--test-checkpoint best-loss)
+
+
+# Config keys that say how or where a run executes, never what it computes: they neither enter the
+# run-folder hash nor block a --resume. Every other key (lr, epochs, weight decay, warm-up, selectors,
+# image size, presets' values, ...) does; an unknown key counts as result-changing.
+NON_RESULT_KEYS = frozenset({
+    "pretrain", "train", "test", "end_to_end", "resume", "model_ckp", "run_dir", "output_path", "data_path",
+    "labels", "download", "device", "channels_last", "compile", "no_progress", "disable_logging", "log_frequency",
+    "n_workers", "config_file", "presets", "test_batch_size", "train_best_conf", "metric", "load_lstm",
+    "deterministic", "test_checkpoint",
+})
 
 
 def layers_tag(layers: Sequence[int]) -> str:
     return ".".join(str(k) for k in layers)
 
 
+def result_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings that decide a run's numbers (the resolved config minus ``NON_RESULT_KEYS``)."""
+    return {k: v for k, v in config.items() if k not in NON_RESULT_KEYS}
+
+
+def settings_digest(config: Mapping[str, Any]) -> str:
+    """8 hex digits of the result-changing settings: runs that differ in any of them never share a folder."""
+    text = json.dumps(result_settings(config), sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
 def default_run_name(config: Mapping[str, Any], layers: Sequence[int]) -> str:
-    """A deterministic name, so rerunning the same command with --resume finds the same folder."""
+    """Readable settings plus the digest of all of them; deterministic, so ``--resume`` finds the folder."""
     return (f"{config['boundary']}-ile_{layers_tag(layers)}-zl_{config['code_length']}-nu_{config['nu']}"
-            f"-seed_{config['seed']}")
+            f"-seed_{config['seed']}-cfg_{settings_digest(config)}")
+
+
+def check_resume(run_dir: Path, config: Mapping[str, Any]) -> None:
+    """Refuse ``--resume`` into a folder whose saved config differs in a result-changing setting.
+
+    A resumed run takes its optimizer, schedule and weights from the checkpoints: continuing them
+    under other settings would mix two runs in one folder and one ``config.yaml``.
+    """
+    saved_path = run_dir / CONFIG_FILE
+    if not config.get("resume") or not saved_path.is_file():
+        return
+    try:
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"--resume: {saved_path} is not valid YAML ({str(err).splitlines()[0]}); "
+                        "rerun without --resume into a new folder") from err
+    old, new = result_settings(saved), result_settings(config)
+    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if differ:
+        text = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in differ)
+        raise UserError(f"--resume: {run_dir} was started with other settings: {text}; "
+                        "rerun with the original settings, or without --resume into another folder")
 
 
 def run_dir_for(config: Mapping[str, Any], dataset: str, class_name: str, layers: Sequence[int]) -> Path:
@@ -39,7 +87,20 @@ def run_dir_for(config: Mapping[str, Any], dataset: str, class_name: str, layers
     return Path(config["output_path"]) / dataset / class_name / default_run_name(config, layers)
 
 
+def tested_checkpoint(path: Path, config: Mapping[str, Any]) -> Path:
+    """-tt -ck <model.pt>: with --test-checkpoint best-loss, the lowest-loss epoch saved beside it."""
+    if config["test_checkpoint"] != "best-loss" or path.name == BEST_CHECKPOINT:
+        return path
+    best = path.with_name(BEST_CHECKPOINT)
+    if not best.is_file():
+        raise UserError(f"--test-checkpoint best-loss: no {best}; it is written only when the run trained with "
+                        "--test-checkpoint best-loss (or pass -ck <that file>)")
+    return best
+
+
 def write_config(run_dir: Path, config: Mapping[str, Any], env: Mapping[str, Any]) -> None:
+    """Save the resolved config and environment (after ``check_resume`` said the folder is ours)."""
+    check_resume(run_dir, config)
     write_text(run_dir / CONFIG_FILE, yaml.safe_dump(dict(config), sort_keys=True))
     write_json(run_dir / ENV_FILE, dict(env))
 
