@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from benchmarks.throughput import bare_steps
 from trainers.engine import StageSettings
 from trainers.objective import MultiLayerObjective, compute_centroids
-from trainers.pretrain import reconstruction_loss
+from trainers.objective import reconstruction_loss
 
 CIFAR_LAYER_SETS = ([0], [3], [2, 3], [0, 1, 2, 3])
 MVTEC_LAYER_SETS = ([6], [4, 5, 6], [0, 1, 2, 3, 4, 5, 6])

@@ -26,9 +26,9 @@ from torch import Tensor, nn
 
 from trainers.engine import StageSettings, compile_in_place
 from trainers.evaluate import test_distances
-from trainers.objective import MultiLayerObjective, compute_centroids
+from trainers.objective import MultiLayerObjective, compute_centroids, reconstruction_loss
 from trainers.one_class import OneClassModel, train_one_class
-from trainers.pretrain import pretrain_autoencoder, reconstruction_loss
+from trainers.pretrain import pretrain_autoencoder
 from utils.batching import TensorSource
 
 ROOT = Path(__file__).resolve().parents[1]

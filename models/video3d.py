@@ -301,13 +301,6 @@ class VideoAutoencoder(nn.Module):
         return self.decoder(outputs[6]), self.heads(outputs)
 
 
-def reconstruction_error(x: torch.Tensor, x_r: torch.Tensor) -> torch.Tensor:
-    """Per-clip sum of squared errors, shape (B,) (the authors' reconstruction loss and score)."""
-    if x.shape != x_r.shape:
-        raise ValueError(f"shape mismatch: {tuple(x.shape)} vs {tuple(x_r.shape)}")
-    return (x - x_r).pow(2).flatten(1).sum(dim=1)
-
-
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -30,7 +30,6 @@ from models.lenet_grouped import GroupedLeNetAutoencoder, GroupedPooledFeatureNe
 from tests.cifar_fixtures import make_cifar_folder
 from tests.conftest import Killed, kill_after_saves
 from trainers import batched
-from trainers.pretrain import reconstruction_loss
 
 FAST = ["--preset", "cpu", "-ae", "2", "-e", "2", "-we", "1", "-bs", "8", "-zl", "16", "--no-progress"]
 RTOL, ATOL = 1e-6, 1e-9  # float64 run: observed max difference 0 (every logged value identical)

@@ -86,18 +86,24 @@ def test_video_core_on_one_device(boundary):
     assert_on(META, out.total, *model.objective.buffers(), *per_layer.values(), combined)
 
 
-def test_grouped_core_on_one_device():
-    singles = [LeNetAutoencoder(16) for _ in range(2)]
-    ae = GroupedLeNetAutoencoder.from_models(singles).to(META)
+@pytest.mark.parametrize("boundary", ["soft", "hard"])
+def test_grouped_core_on_one_device(boundary):
+    """K = 2 runs as one grouped model go through the same objective code with a run axis."""
+    ae = GroupedLeNetAutoencoder.from_models([LeNetAutoencoder(16) for _ in range(2)]).to(META)
     net = GroupedPooledFeatureNet(ae.encoder, [1, 3])
     source = batched.StackedSource(torch.rand(1, 6, 3, 32, 32), torch.tensor([0, 0]))
     place = batch_placer(META)
-    centers = batched._centroids(net, (place(x) for x in source.batches(3)))
-    dist = batched._test_distances(net, centers, source.batches(3), place)
-    assert_on(META, *centers.values(), *dist.values())
-    objective = MultiLayerObjective({j: centers[j][0] for j in centers}, "soft", 0.1)
-    per_layer, combined = score_tensors(objective, {j: d[0] for j, d in dist.items()})
-    assert_on(META, *per_layer.values(), combined)
+    centers = compute_centroids(net, (place(x) for x in source.batches(3)))
+    model = OneClassModel(net, MultiLayerObjective(centers, boundary, 0.1))
+    loss, after_step, extra = one_class_step(model, warm_up_epochs=0, prepare=place)(next(source.batches(3)), 1)
+    loss.sum().backward()  # as the training loop: the runs' parameters are disjoint
+    if after_step is not None:
+        after_step()
+    dist = evaluate.test_distances(net, model.objective, source.batches(3), place)
+    per_layer, combined = score_tensors(model.objective.run(1), {j: d[1] for j, d in dist.items()})
+    assert loss.shape == (2,) and all(d.shape == (2, 6) for d in dist.values())
+    assert_on(META, *centers.values(), loss, *extra.values(), *model.objective.buffers(), *dist.values(),
+              *per_layer.values(), combined)
 
 
 def test_scoring_leaves_the_device_once_at_the_end():

@@ -67,6 +67,19 @@ def test_objective_loss_is_mean_over_layers_and_scores_follow_eq6():
     assert obj.combined_score(obj.layer_scores(dist)).item() == pytest.approx(3.0)
 
 
+def test_layer_sum_reduction_adds_the_layers_losses_and_leaves_scores_alone():
+    """The authors' objective (video default): sum over layers; eq. 6 still averages the scores."""
+    obj = MultiLayerObjective({0: torch.zeros(2), 2: torch.ones(2)}, boundary="hard", layer_reduction="sum")
+    dist = obj.distances({0: torch.tensor([[1.0, 1.0]]), 2: torch.tensor([[1.0, 3.0]])})  # 2 and 4
+    assert obj.loss(dist).item() == pytest.approx(6.0)
+    assert obj.combined_score(obj.layer_scores(dist)).item() == pytest.approx(3.0)
+    soft = MultiLayerObjective({0: torch.zeros(1), 1: torch.zeros(1)}, "soft", nu=0.5, layer_reduction="sum")
+    # R = 0: each layer's loss is mean(d^2) / nu -> mean(1, 3) / 0.5 = 4 and mean(2, 2) / 0.5 = 4; sum 8
+    assert soft.loss({0: torch.tensor([1.0, 3.0]), 1: torch.tensor([2.0, 2.0])}).item() == pytest.approx(8.0)
+    with pytest.raises(ValueError):
+        MultiLayerObjective({0: torch.zeros(1)}, layer_reduction="max")
+
+
 def test_soft_scores_subtract_squared_radius_and_radius_updates():
     obj = MultiLayerObjective({1: torch.zeros(1)}, boundary="soft", nu=0.5)
     dist = {1: torch.tensor([1.0, 9.0])}  # distances 1 and 3 -> median 2

@@ -8,7 +8,7 @@ import torch
 from benchmarks import scaling
 from models.lenet import LeNetAutoencoder
 from models.lenet_grouped import GroupedLeNetAutoencoder, stack_runs
-from trainers.pretrain import reconstruction_loss
+from trainers.objective import reconstruction_loss
 
 TINY = ["--batches", "1", "--images", "16", "32", "--epochs", "2", "--sizes", "16", "24", "--layer-size", "16",
         "--k", "1", "2", "--cifar-batch", "8", "--mvtec-batch", "4"]

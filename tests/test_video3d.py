@@ -11,8 +11,8 @@ from models.video3d import (
     VideoDecoder,
     count_parameters,
     encoder_shapes,
-    reconstruction_error,
 )
+from trainers.objective import reconstruction_errors
 from utils.errors import UserError
 
 SMALL = (3, 16, 32, 64)
@@ -123,14 +123,14 @@ def test_reconstruction_error_is_per_clip_sum_of_squares():
     x_r = x.clone()
     x_r[0, 0, 0, 0, 0] = 2.0
     x_r[1] = 1.0
-    assert reconstruction_error(x, x_r).tolist() == [4.0, 24.0]
+    assert reconstruction_errors(x, x_r).tolist() == [4.0, 24.0]
 
 
 def test_backward_reaches_encoder_decoder_and_heads():
     model = VideoAutoencoder(SMALL, code_length=8, hidden_size=6, layer_indices=[2, 6], use_selectors=True)
     clip = torch.rand(2, *SMALL)
     recon, features = model(clip)
-    loss = reconstruction_error(clip, recon).mean() + sum(f.pow(2).sum(1).mean() for f in features.values())
+    loss = reconstruction_errors(clip, recon).mean() + sum(f.pow(2).sum(1).mean() for f in features.values())
     loss.backward()
     names = ("encoder.blocks.0.f1.weight", "decoder.to_rgb.weight", "lstms.2.weight_ih_l0", "selectors.2.fc2.weight")
     for name in names:

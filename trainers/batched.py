@@ -28,10 +28,8 @@ splitting the group. Group runs of equal size instead (e.g. one invocation per c
 from __future__ import annotations
 
 import copy
-import math
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -43,10 +41,11 @@ from torch import Tensor, nn
 from datasets.cifar10 import CIFAR10_CLASSES, check_class, load_one_class
 from models.lenet import LAYER_INDICES, LeNetAutoencoder, PooledFeatureNet
 from models.lenet_grouped import GroupedLeNetAutoencoder, GroupedPooledFeatureNet, stack_runs
-from trainers.engine import StageSettings, make_optimizer
-from trainers.evaluate import score_and_evaluate
-from trainers.objective import BOUNDARIES, MultiLayerObjective, push_from_zero, recalibrate_batchnorm
-from trainers.one_class import ONE_CLASS_KIND, OneClassModel
+from trainers.engine import Resume, fit_runs
+from trainers.evaluate import score_and_evaluate, test_distances
+from trainers.objective import (BOUNDARIES, MultiLayerObjective, compute_centroids, recalibrate_batchnorm,
+                                reconstruction_loss)
+from trainers.one_class import ONE_CLASS_KIND, OneClassModel, one_class_step
 from trainers.pretrain import AE_KIND, epoch_generator
 from trainers.two_stage import DEBUG_BATCHES, _stage, choose_layers, debug_subset
 from utils import results
@@ -182,104 +181,45 @@ def merge_optimizer_states(states: Sequence[dict[str, Any]], grouped_shapes: Seq
 
 
 # ------------------------------------------------------------------------------------------------
-# the batched training loop (mirrors trainers.engine.fit, with a loss per run)
+# checkpoints: one grouped state <-> K per-run files in the format a sequential run saves
 # ------------------------------------------------------------------------------------------------
 
-# step(batch, epoch) -> (losses (K,), hook after optimizer.step() or None, {name: (K,) scalars to log})
-BatchedStep = Callable[[Tensor, int], "tuple[Tensor, Callable[[], None] | None, dict[str, Tensor]]"]
+class PerRunCheckpoints:
+    """``engine.Checkpointer`` for K grouped runs: one ordinary checkpoint file per run.
 
-
-@dataclass
-class Resume:
-    """What per-run checkpoints of a stage hold, merged: where the stage continues."""
-
-    epoch: int
-    optimizer: list[dict[str, Any]]
-    scheduler: dict[str, Any]
-    histories: list[list[dict[str, float]]]
-
-
-def fit_batched(
-    params: Sequence[nn.Parameter],
-    step: BatchedStep,
-    batches: Callable[[int], Iterator[Tensor]],
-    settings: StageSettings,
-    labels: Sequence[str],
-    save: Callable[[int, torch.optim.Optimizer, Any, list[list[dict[str, float]]]], None],
-    *,
-    train_modules: Sequence[nn.Module],
-    resume: Resume | None = None,
-    extra_payload: Callable[[], list[dict[str, float]]] | None = None,
-    log: Callable[[str], None] = print,
-) -> list[list[dict[str, float]]]:
-    """Train K runs for ``settings.epochs`` epochs; return each run's per-epoch history.
-
-    ``save(epoch, optimizer, scheduler, histories)`` writes the per-run checkpoints: after the last
-    epoch and whenever ``CHECKPOINT_INTERVAL_S`` has passed. The loss is synchronised with the host
-    once per epoch, never per batch.
+    ``to_states()`` cuts the grouped module into K per-run state dicts, ``from_states`` loads K of
+    them back; the optimizer state is cut and merged the same way. Written after the last epoch and
+    whenever ``CHECKPOINT_INTERVAL_S`` has passed since the last write.
     """
-    params = list(params)
-    device = params[0].device  # the loop's tensors live with the parameters (one device, decided by the caller)
-    k = len(labels)
-    optimizer = make_optimizer(params, settings)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, settings.milestones, gamma=settings.gamma)
-    histories: list[list[dict[str, float]]] = [[] for _ in range(k)]
-    start_epoch = 0
-    if resume is not None:
-        optimizer.load_state_dict(merge_optimizer_states(resume.optimizer, [p.shape for p in params]))
-        scheduler.load_state_dict(resume.scheduler)
-        histories = [list(h) for h in resume.histories]
-        start_epoch = resume.epoch
-        log(f"[{settings.name}] resuming {k} runs after epoch {start_epoch}")
-    if start_epoch >= settings.epochs:
-        log(f"[{settings.name}] already complete ({start_epoch} epochs)")
-        return histories
 
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if settings.amp and device.type == "cuda"
-                else nullcontext())
-    last_save = time.perf_counter()
-    for epoch in range(start_epoch, settings.epochs):
-        for m in train_modules:
-            m.train()
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros(k, device=device)
-        extra_sum: dict[str, Tensor] = {}
-        seen = 0
-        for x in batches(epoch):
-            with autocast:
-                losses, after_step, extra = step(x, epoch)
-            optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()  # disjoint parameters: each run gets its own gradient
-            optimizer.step()
-            if after_step is not None:
-                after_step()
-            loss_sum += losses.detach().float()
-            for name, v in extra.items():
-                extra_sum[name] = extra_sum[name] + v.detach() if name in extra_sum else v.detach().clone()
-            seen += 1
-        if seen == 0:
-            raise UserError(f"[{settings.name}] the training set produced no batch: check the data path and batch size")
-        losses_host = [v / seen for v in loss_sum.tolist()]  # as engine.fit: float(sum) / count
-        extra_host = {name: [v / seen for v in t.float().tolist()] for name, t in extra_sum.items()}
-        bad = [labels[r] for r, v in enumerate(losses_host) if not math.isfinite(v)]
-        if bad:
-            raise UserError(f"[{settings.name}] loss became non-finite at epoch {epoch + 1} in run(s) {', '.join(bad)}: "
-                            "lower the learning rate (-lr/-alr) or check the input data")
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        seconds = time.perf_counter() - t0
-        payload = extra_payload() if extra_payload is not None else [{} for _ in range(k)]
-        for r in range(k):
-            row = {"epoch": epoch + 1, "loss": losses_host[r], "lr": lr, "seconds": seconds}
-            row.update({name: v[r] for name, v in extra_host.items()})
-            row.update(payload[r])
-            histories[r].append(row)
-        log(f"[{settings.name}] epoch {epoch + 1}/{settings.epochs}  lr {lr:.4g}  time {seconds:.1f}s  "
-            f"loss per run " + " ".join(f"{v:.4g}" for v in losses_host))
-        if epoch + 1 == settings.epochs or time.perf_counter() - last_save >= CHECKPOINT_INTERVAL_S:
-            save(epoch + 1, optimizer, scheduler, histories)
-            last_save = time.perf_counter()
-    return histories
+    def __init__(self, paths: Sequence[Path], kind: str, arch: dict[str, Any],
+                 to_states: Callable[[], list[dict[str, Tensor]]], from_states: Callable[[list[dict]], None],
+                 single_shapes: Sequence[torch.Size], grouped_shapes: Sequence[torch.Size]):
+        self.paths, self.kind, self.arch = list(paths), kind, arch
+        self.to_states, self.from_states = to_states, from_states
+        self.single_shapes, self.grouped_shapes = list(single_shapes), list(grouped_shapes)
+        self.last_write = time.perf_counter()
+
+    def load(self) -> Resume | None:
+        ckpts = _load_resume(self.paths, self.kind, self.arch)
+        if ckpts is None:
+            return None
+        self.from_states([c["state"] for c in ckpts])
+        return Resume(epoch=int(ckpts[0]["epoch"]),
+                      optimizer=merge_optimizer_states([c["optimizer"] for c in ckpts], self.grouped_shapes),
+                      scheduler=ckpts[0]["scheduler"], histories=[list(c.get("history", [])) for c in ckpts],
+                      torch_rng=ckpts[0].get("torch_rng"))
+
+    def save(self, epoch: int, optimizer: torch.optim.Optimizer, scheduler: Any,
+             histories: list[list[dict[str, float]]], final: bool) -> None:
+        if not final and time.perf_counter() - self.last_write < CHECKPOINT_INTERVAL_S:
+            return
+        states = self.to_states()
+        opt_states = split_optimizer_state(optimizer.state_dict(), len(self.paths), self.single_shapes)
+        for path, state, opt, history in zip(self.paths, states, opt_states, histories):
+            save_checkpoint(path, self.kind, self.arch, state=state, optimizer=opt, scheduler=scheduler.state_dict(),
+                            epoch=epoch, history=history, torch_rng=torch.get_rng_state())
+        self.last_write = time.perf_counter()
 
 
 def _load_resume(paths: Sequence[Path], kind: str, arch: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -297,11 +237,6 @@ def _load_resume(paths: Sequence[Path], kind: str, arch: dict[str, Any]) -> list
         raise UserError(f"--resume: the runs' {paths[0].name} checkpoints are at different epochs {sorted(epochs)} "
                         "(killed while writing them); rerun without --resume")
     return ckpts
-
-
-def _resume_of(ckpts: list[dict[str, Any]]) -> Resume:
-    return Resume(epoch=int(ckpts[0]["epoch"]), optimizer=[c["optimizer"] for c in ckpts],
-                  scheduler=ckpts[0]["scheduler"], histories=[list(c.get("history", [])) for c in ckpts])
 
 
 def _cpu_state(module: nn.Module) -> dict[str, Tensor]:
@@ -396,127 +331,77 @@ def train_batched(runs: Sequence[RunSpec], config: dict[str, Any], device: torch
         set_seed(s, deterministic=bool(config.get("deterministic")))
         singles.append(LeNetAutoencoder(zl))
     ae = GroupedLeNetAutoencoder.from_models(singles).to(device, memory_format=fmt)
-    ae_paths = [d / results.AE_CHECKPOINT for d in run_dirs]
-    ae_shapes = [p.shape for p in singles[0].parameters()]
 
-    def save_ae(epoch, optimizer, scheduler, histories):
-        models = ae.to_models()
-        opt_states = split_optimizer_state(optimizer.state_dict(), k, ae_shapes)
-        for r in range(k):
-            save_checkpoint(ae_paths[r], AE_KIND, arch, state=_cpu_state(models[r]), optimizer=opt_states[r],
-                            scheduler=scheduler.state_dict(), epoch=epoch, history=histories[r],
-                            torch_rng=torch.get_rng_state())
+    def ae_states() -> list[dict[str, Tensor]]:
+        return [_cpu_state(m) for m in ae.to_models()]
 
-    resume = None
-    if config["resume"]:
-        ckpts = _load_resume(ae_paths, AE_KIND, arch)
-        if ckpts is not None:
-            for m, c in zip(singles, ckpts):
-                m.load_state_dict(c["state"])
-            ae.load_models(singles)
-            resume = _resume_of(ckpts)
+    def load_ae_states(states: list[dict]) -> None:
+        for m, state in zip(singles, states):
+            m.load_state_dict(state)
+        ae.load_models(singles)
+
+    ae_checkpoints = PerRunCheckpoints([d / results.AE_CHECKPOINT for d in run_dirs], AE_KIND, arch, ae_states,
+                                       load_ae_states, [p.shape for p in singles[0].parameters()],
+                                       [p.shape for p in ae.parameters()])
 
     def ae_step(x: Tensor, epoch: int):
         x = prepare(x)
-        rec = ae(x)
-        b = x.shape[0]
-        losses = ((rec.float() - x.float()) ** 2).reshape(b, k, -1).sum(dim=2).mean(dim=0)  # (K,)
-        return losses, None, {}
+        return reconstruction_loss(x, ae(x), runs=k), None, None  # (K,)
 
     n = len(data.train)
+    order = lambda e: data.train.batches(bs, orders=epoch_orders(seeds, n, e), limit=limit,  # noqa: E731
+                                         drop_singleton=True)
     t0 = time.perf_counter()
-    pre_hist = fit_batched(
-        list(ae.parameters()), ae_step,
-        lambda e: data.train.batches(bs, orders=epoch_orders(seeds, n, e), limit=limit, drop_singleton=True),
-        _stage(config, "pretrain", "ae"), labels, save_ae, train_modules=[ae], resume=resume, log=log)
+    pre_hist = fit_runs(ae.parameters(), ae_step, order, data.train.n_batches(bs, limit), _stage(config, "pretrain", "ae"),
+                        ae_checkpoints, train_modules=[ae], run_labels=labels, resume=config["resume"], log=log)
     timings["pretrain_s"] = time.perf_counter() - t0
     for d, h in zip(run_dirs, pre_hist):
         results.write_history(d / "pretrain_log.csv", h)
 
-    # ---- centroids: per run, mean feature over its training set, net in eval mode.
+    # ---- centroids: per run, mean feature over its training set, net in eval mode (the shared objective code).
     net = GroupedPooledFeatureNet(ae.encoder, layers)
     t0 = time.perf_counter()
     recalibrate = bool(config.get("recalibrate_bn"))
     calibration = lambda: (prepare(x) for x in data.train.batches(bs, limit=limit, drop_singleton=True))  # noqa: E731
     if recalibrate:  # BatchNorm channels are per run, so this is each run's own re-estimation
         recalibrate_batchnorm(net, calibration())
-    centers = _centroids(net, (prepare(x) for x in data.train.batches(bs, limit=limit)))
+    centers = compute_centroids(net, (prepare(x) for x in data.train.batches(bs, limit=limit)))  # {j: (K, d)}
     timings["centroids_s"] = time.perf_counter() - t0
-    radii = {j: torch.zeros(k, device=device, dtype=torch.float32) for j in layers}  # as the objective's buffers
+    model = OneClassModel(net, MultiLayerObjective(centers, boundary, nu, config["layer_reduction"])).to(device)
 
-    # ---- stage 2: one-class training of the encoders.
+    # ---- stage 2: one-class training of the encoders (the shared step: losses and radii per run).
     oc_arch = {**arch, "layers": layers, "boundary": boundary, "nu": nu}
     model_paths = [d / results.MODEL_CHECKPOINT for d in run_dirs]
-    enc_params = list(ae.encoder.parameters())
-    enc_shapes = [p.shape for p in singles[0].encoder.parameters()]
 
-    def one_class_models() -> list[OneClassModel]:
-        encoders = ae.encoder.to_encoders()
-        out = []
-        for r, e in enumerate(encoders):
-            obj = MultiLayerObjective({j: centers[j][r] for j in layers}, boundary, nu).to(device)
-            for j in layers:
-                obj.radius(j).copy_(radii[j][r])
-            out.append(OneClassModel(PooledFeatureNet(e, layers), obj))
-        return out
+    def run_models() -> list[OneClassModel]:
+        return [OneClassModel(PooledFeatureNet(e, layers), model.objective.run(r))
+                for r, e in enumerate(ae.encoder.to_encoders())]
 
-    def save_model(epoch, optimizer, scheduler, histories):
-        models = one_class_models()
-        opt_states = split_optimizer_state(optimizer.state_dict(), k, enc_shapes)
-        for r in range(k):
-            save_checkpoint(model_paths[r], ONE_CLASS_KIND, oc_arch, state=_cpu_state(models[r]),
-                            optimizer=opt_states[r], scheduler=scheduler.state_dict(), epoch=epoch,
-                            history=histories[r], torch_rng=torch.get_rng_state())
+    def load_run_states(states: list[dict]) -> None:
+        runs_ = run_models()
+        for m, state in zip(runs_, states):
+            m.load_state_dict(state)
+        ae.encoder.load_encoders([m.net.encoder.to(device) for m in runs_])
+        for j in layers:
+            model.objective.center(j).copy_(torch.stack([m.objective.center(j) for m in runs_]))
+            model.objective.radius(j).copy_(torch.stack([m.objective.radius(j) for m in runs_]))
 
-    resume = None
-    if config["resume"]:
-        ckpts = _load_resume(model_paths, ONE_CLASS_KIND, oc_arch)
-        if ckpts is not None:
-            models = one_class_models()
-            for m, c in zip(models, ckpts):
-                m.load_state_dict(c["state"])
-            ae.encoder.load_encoders([m.net.encoder.to(device) for m in models])
-            for j in layers:
-                centers[j] = torch.stack([m.objective.center(j) for m in models]).to(device)
-                radii[j] = torch.stack([m.objective.radius(j) for m in models]).to(device)
-            resume = _resume_of(ckpts)
-
-    warm_up = int(config["warm_up_n_epochs"])
-
-    def oc_step(x: Tensor, epoch: int):
-        feats = net(prepare(x))
-        dist = {j: ((feats[j].float() - centers[j][:, None, :]) ** 2).sum(dim=2) for j in layers}  # (K, B)
-        if boundary == "hard":
-            per_layer = [d.mean(dim=1) for d in dist.values()]
-        else:
-            per_layer = []
-            for j in layers:
-                r2 = (radii[j] ** 2)[:, None]
-                per_layer.append(r2[:, 0] + torch.clamp(dist[j] - r2, min=0).mean(dim=1) / nu)
-        stacked = torch.stack(per_layer)
-        losses = stacked.mean(dim=0) if config["layer_reduction"] == "mean" else stacked.sum(dim=0)
-
-        def update_radii():  # after the step, from this batch (eq. 2), as MultiLayerObjective.update_radii
-            with torch.no_grad():
-                for j in layers:
-                    radii[j].copy_(torch.quantile(dist[j].detach().float().sqrt(), 1.0 - nu, dim=1))
-
-        hook = update_radii if boundary == "soft" and epoch >= warm_up else None
-        return losses, hook, {f"dist_{j}": d.detach().mean(dim=1) for j, d in dist.items()}
+    oc_checkpoints = PerRunCheckpoints(model_paths, ONE_CLASS_KIND, oc_arch, lambda: [_cpu_state(m) for m in run_models()],
+                                       load_run_states, [p.shape for p in singles[0].encoder.parameters()],
+                                       [p.shape for p in ae.encoder.parameters()])
 
     def radii_rows() -> list[dict[str, float]]:
-        host = {j: radii[j].tolist() for j in layers}
+        host = model.objective.radii()
         return [{f"radius_{j}": host[j][r] for j in layers} for r in range(k)]
 
     t0 = time.perf_counter()
-    oc_hist = fit_batched(
-        enc_params, oc_step,
-        lambda e: data.train.batches(bs, orders=epoch_orders(seeds, n, e), limit=limit, drop_singleton=True),
-        _stage(config, "train", "oc"), labels, save_model, train_modules=[net], resume=resume,
-        extra_payload=radii_rows, log=log)
+    oc_hist = fit_runs(ae.encoder.parameters(), one_class_step(model, int(config["warm_up_n_epochs"]), prepare), order,
+                       data.train.n_batches(bs, limit), _stage(config, "train", "oc"), oc_checkpoints,
+                       train_modules=[net], run_labels=labels, resume=config["resume"], log=log,
+                       extra_payload=radii_rows)
     if recalibrate:  # as two_stage: the per-run checkpoints then hold the statistics that are tested
         recalibrate_batchnorm(net, calibration())
-        for path, m in zip(model_paths, one_class_models()):
+        for path, m in zip(model_paths, run_models()):
             replace_state(path, ONE_CLASS_KIND, _cpu_state(m))
     timings["train_s"] = time.perf_counter() - t0
     for d, h in zip(run_dirs, oc_hist):
@@ -528,11 +413,11 @@ def train_batched(runs: Sequence[RunSpec], config: dict[str, Any], device: torch
     keeps = [debug_subset(n_test, limit * bs, s) if limit is not None else np.arange(n_test) for s in seeds]
     t0 = time.perf_counter()
     subsets = None if limit is None else torch.from_numpy(np.stack(keeps))
-    dist = _test_distances(net, centers, data.test.batches(bs, orders=subsets), prepare)
+    dist = test_distances(net, model.objective, data.test.batches(bs, orders=subsets), prepare)  # {j: (K, N)}
     timings["test_s"] = time.perf_counter() - t0
     all_metrics = []
-    for r, (spec, run_dir, model) in enumerate(zip(runs, run_dirs, one_class_models())):
-        objective = model.objective  # on the device, with the distances
+    for r, (spec, run_dir) in enumerate(zip(runs, run_dirs)):
+        objective = model.objective.run(r)  # on the device, with the distances
         labels_r = data.test_labels[r][keeps[r]]
         try:
             scored = score_and_evaluate(objective, {j: dist[j][r] for j in layers}, labels_r)
@@ -554,36 +439,6 @@ def train_batched(runs: Sequence[RunSpec], config: dict[str, Any], device: torch
         log(f"[test] {DATASET} {spec.class_name} seed {spec.seed} {boundary} layers {list(layers)}: "
             f"AUC {metrics['auc']:.4f}  maxBA {metrics['max_ba']:.4f}  (n={m}) -> {run_dir / results.METRICS_FILE}")
     return all_metrics
-
-
-@torch.no_grad()
-def _centroids(net: GroupedPooledFeatureNet, batches: Iterator[Tensor]) -> dict[int, Tensor]:
-    """Per run and layer, the mean feature over the run's training set (``compute_centroids``): {j: (K, d)}."""
-    was_training = net.training
-    net.eval()
-    sums: dict[int, Tensor] = {}
-    count = 0
-    for x in batches:
-        for j, f in net(x).items():
-            s = f.float().sum(dim=1)
-            sums[j] = sums[j] + s if j in sums else s
-        count += x.shape[0]
-    net.train(was_training)
-    if count == 0:
-        raise UserError("cannot compute centroids from an empty training set")
-    return {j: push_from_zero(s / count) for j, s in sums.items()}
-
-
-@torch.no_grad()
-def _test_distances(net: GroupedPooledFeatureNet, centers: dict[int, Tensor], batches: Iterator[Tensor],
-                    prepare: Callable[[Tensor], Tensor]) -> dict[int, Tensor]:
-    """Squared distances of every test sample, per run and layer: {j: (K, N)}, on the model's device."""
-    net.eval()
-    parts: dict[int, list[Tensor]] = {j: [] for j in centers}
-    for x in batches:
-        for j, f in net(prepare(x)).items():
-            parts[j].append(((f.float() - centers[j][:, None, :]) ** 2).sum(dim=2).float())
-    return {j: torch.cat(v, dim=1) for j, v in parts.items()}
 
 
 # ------------------------------------------------------------------------------------------------

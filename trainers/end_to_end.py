@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from trainers.engine import StageSettings, fit
-from trainers.objective import MultiLayerObjective, compute_centroids
-from trainers.pretrain import epoch_generator, reconstruction_loss
+from trainers.objective import MultiLayerObjective, compute_centroids, reconstruction_errors, reconstruction_loss
+from trainers.pretrain import epoch_generator
 from utils.runtime import batch_placer, module_device
 from utils.video_scoring import clip_scores_to_frame_scores, combine_scores, frame_auc, minmax_normalise
 
@@ -137,7 +137,7 @@ def score_videos(model: EndToEndModel, clips, labels: list[np.ndarray], batch_si
             x = place(x)
             x_rec, feats = model.net(x)
             oc_parts.append(objective.combined_score(objective.layer_scores(objective.distances(feats))).cpu())
-            rec_parts.append(((x_rec.float() - x) ** 2).flatten(1).sum(1).cpu())
+            rec_parts.append(reconstruction_errors(x, x_rec).cpu())
         n = clips.n_frames(v)
         oc = clip_scores_to_frame_scores(torch.cat(oc_parts).numpy(), n, clips.clip_length)
         rec = clip_scores_to_frame_scores(torch.cat(rec_parts).numpy(), n, clips.clip_length)

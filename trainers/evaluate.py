@@ -25,7 +25,8 @@ class ScoreResult:
 @torch.no_grad()
 def test_distances(net: nn.Module, objective: MultiLayerObjective, batches: Iterable[Tensor],
                    prepare: Callable[[Tensor], Tensor] = lambda x: x) -> dict[int, Tensor]:
-    """Squared distances per layer for every test sample, in one batched pass (net in eval mode).
+    """Squared distances per layer for every test sample, in one batched pass (net in eval mode):
+    {j: (N,)}, or {j: (K, N)} for a grouped model.
 
     They stay on the model's device, next to the objective's radii; ``to_numpy`` is the only way
     out to the host, once, after scoring (eq. 6 subtracts R^2 from them).
@@ -35,7 +36,7 @@ def test_distances(net: nn.Module, objective: MultiLayerObjective, batches: Iter
     for x in batches:
         for k, d in objective.distances(net(prepare(x))).items():
             parts[k].append(d.float())
-    return {k: torch.cat(v) for k, v in parts.items()}
+    return {k: torch.cat(v, dim=-1) for k, v in parts.items()}  # samples are the last axis (one or K runs)
 
 
 def score_tensors(objective: MultiLayerObjective, distances: dict[int, Tensor],

@@ -3,10 +3,14 @@
 A ``feature net`` is any module whose forward returns ``dict[int, Tensor (B, d)]``: one flat
 feature vector per selected layer, keyed by the layer index. Everything here works on such dicts,
 so CIFAR-10, MVTec AD and video use the same centroids, losses, radii and scores.
+
+Run axis: every function reduces over the last axes only, so the same code serves one run
+(features (B, d), centroid (d,), distances (B,), radius ()) and K runs trained together as one
+grouped model (features (K, B, d), centroids (K, d), distances (K, B), radii (K,)).
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -17,24 +21,43 @@ CENTROID_EPS = 0.1  # Deep SVDD's rule: coordinates closer than this to 0 are pu
 
 
 def squared_distances(features: Tensor, center: Tensor) -> Tensor:
-    """Squared Euclidean distance of each row of ``features`` (B, d) to ``center`` (d,)."""
-    return ((features - center) ** 2).sum(dim=1)
+    """Squared Euclidean distance of each row of ``features`` (..., B, d) to ``center`` (..., d)."""
+    return ((features - center.unsqueeze(-2)) ** 2).sum(dim=-1)
 
 
 def hard_boundary_loss(dist: Tensor) -> Tensor:
-    """Eq. 3: mean squared distance to the centroid over the mini-batch."""
-    return dist.mean()
+    """Eq. 3 (without the printed 1/nu, as both codes): mean squared distance over the mini-batch."""
+    return dist.mean(dim=-1)
 
 
 def soft_boundary_loss(dist: Tensor, radius: Tensor | float, nu: float) -> Tensor:
-    """Eq. 2: R^2 + mean(max(0, d^2 - R^2)) / nu, with R a fixed (non-trainable) scalar."""
+    """Eq. 2: R^2 + mean(max(0, d^2 - R^2)) / nu, with R fixed (non-trainable), one per run."""
     r2 = torch.as_tensor(radius, dtype=dist.dtype, device=dist.device) ** 2
-    return r2 + torch.clamp(dist - r2, min=0).mean() / nu
+    return r2 + torch.clamp(dist - r2.unsqueeze(-1), min=0).mean(dim=-1) / nu
 
 
 def quantile_radius(dist: Tensor, nu: float) -> Tensor:
     """Radius R = the (1 - nu) quantile of the distances d = sqrt(d^2) (linear interpolation)."""
-    return torch.quantile(dist.detach().float().sqrt(), 1.0 - nu)
+    return torch.quantile(dist.detach().float().sqrt(), 1.0 - nu, dim=-1)
+
+
+def reconstruction_errors(x: Tensor, x_rec: Tensor, runs: int | None = None) -> Tensor:
+    """Per-sample sum of squared errors: (B,); with ``runs`` = K, of a grouped batch (B, K*C, ...): (K, B).
+
+    The AE's pretraining loss is its batch mean; the video objective adds it to the one-class term,
+    and the video score uses it per clip (eq. 8's reconstruction term).
+    """
+    if x.shape != x_rec.shape:
+        raise ValueError(f"reconstruction shape {tuple(x_rec.shape)} does not match the input {tuple(x.shape)}")
+    err = (x_rec.float() - x.float()) ** 2
+    if runs is None:
+        return err.flatten(1).sum(dim=1)
+    return err.reshape(x.shape[0], runs, -1).sum(dim=2).transpose(0, 1)
+
+
+def reconstruction_loss(x: Tensor, x_rec: Tensor, runs: int | None = None) -> Tensor:
+    """The batch mean of ``reconstruction_errors``: () or, per run, (K,)."""
+    return reconstruction_errors(x, x_rec, runs).mean(dim=-1)
 
 
 def push_from_zero(center: Tensor, eps: float = CENTROID_EPS) -> Tensor:
@@ -110,7 +133,7 @@ def compute_centroids(
     for x in batches:
         feats = feature_net(x)
         for k, f in feats.items():
-            s = f.float().sum(dim=0)
+            s = f.float().sum(dim=-2)  # over the batch axis; a grouped model's run axis stays
             sums[k] = sums[k] + s if k in sums else s
         count += x.shape[0]
     feature_net.train(was_training)
@@ -122,7 +145,8 @@ def compute_centroids(
 class MultiLayerObjective(nn.Module):
     """Centroids c_j and radii R_j of the chosen layers, and what is computed from them.
 
-    Buffers (saved in checkpoints): ``center_<j>`` and ``radius_<j>`` per layer index j.
+    Buffers (saved in checkpoints): ``center_<j>`` and ``radius_<j>`` per layer index j; for K
+    grouped runs a centroid is (K, d) and a radius (K,) (``run(r)`` is run r's own objective).
     """
 
     def __init__(self, centers: Mapping[int, Tensor], boundary: str = "soft", nu: float = 0.1,
@@ -140,7 +164,7 @@ class MultiLayerObjective(nn.Module):
         self.layer_indices = [int(k) for k in centers]
         for k, c in centers.items():
             self.register_buffer(f"center_{k}", c.detach().float().clone())
-            self.register_buffer(f"radius_{k}", torch.zeros((), dtype=torch.float32, device=c.device))
+            self.register_buffer(f"radius_{k}", torch.zeros(c.shape[:-1], dtype=torch.float32, device=c.device))
 
     def center(self, k: int) -> Tensor:
         return getattr(self, f"center_{k}")
@@ -148,8 +172,17 @@ class MultiLayerObjective(nn.Module):
     def radius(self, k: int) -> Tensor:
         return getattr(self, f"radius_{k}")
 
-    def radii(self) -> dict[int, float]:
-        return {k: float(self.radius(k)) for k in self.layer_indices}
+    def radii(self) -> dict[int, Any]:
+        """R_j per layer, on the host: a float (one run) or a list of K floats (grouped runs)."""
+        return {k: self.radius(k).tolist() for k in self.layer_indices}
+
+    def run(self, r: int) -> "MultiLayerObjective":
+        """Run r's own objective (its centroids and radii) from a grouped one."""
+        out = MultiLayerObjective({k: self.center(k)[r] for k in self.layer_indices}, self.boundary, self.nu,
+                                  self.layer_reduction)
+        for k in self.layer_indices:
+            out.radius(k).copy_(self.radius(k)[r])
+        return out
 
     def distances(self, features: Mapping[int, Tensor]) -> dict[int, Tensor]:
         """Squared distance to the centroid per layer: {j: (B,)}."""
@@ -163,8 +196,8 @@ class MultiLayerObjective(nn.Module):
             per_layer = [hard_boundary_loss(distances[k]) for k in self.layer_indices]
         else:
             per_layer = [soft_boundary_loss(distances[k], self.radius(k), self.nu) for k in self.layer_indices]
-        stacked = torch.stack(per_layer)
-        return stacked.mean() if self.layer_reduction == "mean" else stacked.sum()
+        stacked = torch.stack(per_layer)  # (layers,) or (layers, K)
+        return stacked.mean(dim=0) if self.layer_reduction == "mean" else stacked.sum(dim=0)
 
     @torch.no_grad()
     def update_radii(self, distances: Mapping[int, Tensor]) -> None:
@@ -176,7 +209,7 @@ class MultiLayerObjective(nn.Module):
         """Eq. 6 per layer: d^2 (hard) or d^2 - R^2 (soft)."""
         if self.boundary == "hard":
             return {k: distances[k] for k in self.layer_indices}
-        return {k: distances[k] - self.radius(k) ** 2 for k in self.layer_indices}
+        return {k: distances[k] - self.radius(k).unsqueeze(-1) ** 2 for k in self.layer_indices}
 
     def combined_score(self, layer_scores: Mapping[int, Tensor]) -> Tensor:
         """Eq. 6: the mean of the per-layer scores."""

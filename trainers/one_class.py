@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from torch import Tensor, nn
 
 from trainers.engine import StageSettings, fit
@@ -25,7 +24,10 @@ class OneClassModel(nn.Module):
 
 
 def one_class_step(model: OneClassModel, warm_up_epochs: int, prepare: Callable[[Tensor], Tensor]):
-    """Build the training step: loss over the chosen layers; after warm-up, soft radii follow each batch."""
+    """Build the training step: loss over the chosen layers; after warm-up, soft radii follow each batch.
+
+    The same step trains one run or K grouped runs (losses, distances and radii then carry a run axis).
+    """
     objective = model.objective
 
     def step(x: Tensor, epoch: int):
@@ -34,7 +36,7 @@ def one_class_step(model: OneClassModel, warm_up_epochs: int, prepare: Callable[
         hook = None
         if objective.boundary == "soft" and epoch >= warm_up_epochs:
             hook = lambda: objective.update_radii(dist)  # noqa: E731 - R from this batch, as eq. 2
-        extra = {f"dist_{k}": d.detach().mean() for k, d in dist.items()}
+        extra = {f"dist_{k}": d.detach().mean(dim=-1) for k, d in dist.items()}  # () or per run (K,)
         return loss, hook, extra
 
     return step

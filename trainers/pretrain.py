@@ -8,14 +8,10 @@ import torch
 from torch import Tensor, nn
 
 from trainers.engine import StageSettings, fit
+from trainers.objective import reconstruction_loss
 from utils.batching import TensorSource
 
 AE_KIND = "autoencoder"
-
-
-def reconstruction_loss(x: Tensor, x_rec: Tensor) -> Tensor:
-    """Per-sample sum of squared errors, averaged over the batch."""
-    return ((x_rec.float() - x.float()) ** 2).flatten(1).sum(dim=1).mean()
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator | None:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from trainers.engine import StageSettings
 from trainers.evaluate import score_and_evaluate, test_distances

@@ -4,7 +4,7 @@ Trains the seven layer sets of Table VII (6; 5,6; ...; 0..6) with the hard and t
 (sharing one pretrained AE per seed), then prints maxBA per row for both boundaries.
 
     python -m utils.table7 leather -dp <MVTec AD root> --out results/table7-leather [--seeds 0 1 2]
-        [--preset cpu] [--jobs N] [-- <flags for every run, e.g. --use-selectors>]
+        [--preset cpu] [--jobs N] [-- <flags for every run, e.g. --no-selectors>]
 """
 from __future__ import annotations
 
