@@ -21,7 +21,7 @@ import torch
 
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError, exit_on_user_error
-from utils.plots import layer_distances, read_metrics
+from tools.plots import layer_distances, read_metrics
 
 
 def centroid_norms(run_dir: Path) -> dict[int, float]:
@@ -36,7 +36,7 @@ def video_distances(run_dir: Path, data_path: str) -> tuple[np.ndarray, dict[int
     import yaml
 
     from datasets.video import VideoClips, load_test_set
-    from main_shanghaitech import load_trained, remove_bg
+    from trainers.video_pipeline import load_trained, remove_bg
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     model = load_trained(run_dir / "model.pt", torch.device("cpu")).eval()

@@ -25,12 +25,12 @@ from datasets.mvtec import category_spec, load_mvtec, to_model_range, train_batc
 from main_mvtec import downscale
 from models.residual2d import ResidualAutoencoder, ResidualFeatureNet, pool_features
 from trainers.objective import recalibrate_batchnorm
-from trainers.pretrain import AE_KIND
 from trainers.one_class import ONE_CLASS_KIND, OneClassModel
+from trainers.pretrain import AE_KIND
+from trainers.scoring import detection_metrics
 from trainers.two_stage import one_class_model_from
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError, exit_on_user_error
-from utils.metrics import detection_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "mvtec"

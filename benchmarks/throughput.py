@@ -25,10 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from trainers.engine import StageSettings, compile_in_place
-from trainers.evaluate import test_distances
 from trainers.objective import MultiLayerObjective, compute_centroids, reconstruction_loss
 from trainers.one_class import OneClassModel, train_one_class
 from trainers.pretrain import pretrain_autoencoder
+from trainers.scoring import test_distances
 from utils.batching import TensorSource
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,7 +173,8 @@ def video(args: argparse.Namespace, device: torch.device) -> list[Row]:
     ``score_videos`` over every stride-1 window of test video 01 (165 clips).
     """
     from datasets.video import VideoClips, load_split, load_test_set
-    from main_shanghaitech import build_model, model_arch, remove_bg, video_config
+    from trainers.video_pipeline import build_model, model_arch, remove_bg
+    from utils.cli import video_config
     from trainers.end_to_end import EndToEndModel, end_to_end_loss, initial_centroids, score_videos, train_end_to_end
 
     config = video_config(["--dataset", "ped2"])

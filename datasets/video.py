@@ -5,7 +5,7 @@ Layouts (``root`` is what the user passes as the data path):
 * ``shanghaitech`` - the authors' preprocessed layout (background already removed, frames already
   resized): ``{training,testing}/nobackground_frames_resized/<clip>/*.jpg`` and per-clip labels
   ``testing/test_frame_mask/<clip>.npy``. Build it from the official release with
-  ``python -m datasets.video preprocess --src <official root> --dst <root>``.
+  ``python -m tools.preprocess_video --src <official root> --dst <root>``.
 * ``ped2`` / ``avenue`` - the common frame layout (Liu et al. 2018, MNAD):
   ``{training,testing}/frames/<NN>/*.jpg``. Labels are one ``.npy`` of all test frames concatenated in
   sorted clip order (``<root>/frame_labels_<name>.npy`` or ``--labels``) or, for Ped2, the official
@@ -22,7 +22,6 @@ scored through all stride-1 windows in order.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -39,11 +38,10 @@ from datasets.background import (
     DEFAULT_DILATE_ITERATIONS,
     DEFAULT_RECIPE,
     DEFAULT_THRESHOLD,
-    RECIPES,
     get_recipe,
     remove_background,
 )
-from utils.errors import UserError, exit_on_user_error
+from utils.errors import UserError
 from utils.io import atomic_path, cache_dir, cache_key, cached_array
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -238,7 +236,7 @@ def video_dirs(root: str | os.PathLike, fmt: str, split: str) -> list[tuple[str,
         raise UserError(f"split must be 'training' or 'testing', got '{split}'")
     base = Path(root) / split / spec.frames_subdir
     if not base.is_dir():
-        hint = " (run `python -m datasets.video preprocess` first)" if fmt == "shanghaitech" else ""
+        hint = " (run `python -m tools.preprocess_video` first)" if fmt == "shanghaitech" else ""
         raise UserError(f"{base} not found: the {fmt} layout expects {split}/{spec.frames_subdir}/<clip>/*.jpg{hint}")
     dirs = sorted((d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
     if not dirs:
@@ -653,35 +651,3 @@ def preprocess_shanghaitech(
         counts["written"] += 1
         log(f"[{n}/{len(jobs)}] {split}/{clip}: {len(frames)} frames")
     return counts
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m datasets.video", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    pre = sub.add_parser("preprocess", help="official ShanghaiTech -> authors' background-removed, resized layout")
-    pre.add_argument("--src", required=True, help="official ShanghaiTech root (training/videos, testing/frames)")
-    pre.add_argument("--dst", required=True, help="output root (the -dp of training)")
-    pre.add_argument("--size", type=int, nargs=2, default=list(SHANGHAITECH_SIZE), metavar=("H", "W"))
-    pre.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="summed |RGB - background| cut")
-    pre.add_argument("--dilate-iterations", type=int, default=DEFAULT_DILATE_ITERATIONS)
-    pre.add_argument("--background-recipe", dest="background_recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
-                     help="lsa: resize, then MOG2 with OpenCV defaults, 3x3-cross dilation (LSA); native: MOG2 "
-                          "at native size (history = frames, no shadows), 3x3-square dilation, then resize")
-    pre.add_argument("--jpeg-quality", type=int, default=100)
-    return parser
-
-
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
-    if args.command == "preprocess":
-        counts = preprocess_shanghaitech(
-            args.src, args.dst, args.size, threshold=args.threshold,
-            dilate_iterations=args.dilate_iterations, background_recipe=args.background_recipe,
-            jpeg_quality=args.jpeg_quality,
-        )
-        print(f"done: {counts['written']} clips written, {counts['skipped']} already present")
-
-
-if __name__ == "__main__":
-    main()

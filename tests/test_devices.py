@@ -17,11 +17,11 @@ from models.lenet_grouped import GroupedLeNetAutoencoder, GroupedPooledFeatureNe
 from models.residual2d import ResidualAutoencoder, ResidualFeatureNet
 from models.video3d import VideoAutoencoder
 from trainers import batched
+from trainers import scoring
 from trainers.end_to_end import EndToEndModel, end_to_end_loss, initial_centroids
-from trainers import evaluate
-from trainers.evaluate import score_and_evaluate, score_tensors
 from trainers.objective import MultiLayerObjective, compute_centroids
 from trainers.one_class import OneClassModel, one_class_step
+from trainers.scoring import score_and_evaluate, score_tensors
 from utils.runtime import batch_placer, module_device
 
 META = torch.device("meta")
@@ -56,7 +56,7 @@ def run_image_core(net: torch.nn.Module, shape: tuple[int, ...], boundary: str, 
         after_step()  # radius update from the batch's distances (soft boundary)
     assert_on(META, loss, *extra.values(), *model.objective.buffers())
     assert all(p.grad is not None and p.grad.device == META for p in net.parameters() if p.requires_grad)
-    dist = evaluate.test_distances(net, model.objective, data, prepare=place)
+    dist = scoring.test_distances(net, model.objective, data, prepare=place)
     per_layer, combined = score_tensors(model.objective, dist, patches)
     assert_on(META, *dist.values(), *per_layer.values(), combined)
 
@@ -99,7 +99,7 @@ def test_grouped_core_on_one_device(boundary):
     loss.sum().backward()  # as the training loop: the runs' parameters are disjoint
     if after_step is not None:
         after_step()
-    dist = evaluate.test_distances(net, model.objective, source.batches(3), place)
+    dist = scoring.test_distances(net, model.objective, source.batches(3), place)
     per_layer, combined = score_tensors(model.objective.run(1), {j: d[1] for j, d in dist.items()})
     assert loss.shape == (2,) and all(d.shape == (2, 6) for d in dist.values())
     assert_on(META, *centers.values(), loss, *extra.values(), *model.objective.buffers(), *dist.values(),

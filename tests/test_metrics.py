@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from utils.metrics import detection_metrics, max_balanced_accuracy, roc_auc
+from trainers.scoring import detection_metrics, max_balanced_accuracy, roc_auc
 
 
 def brute_force_max_ba(labels, scores):

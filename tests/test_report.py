@@ -1,4 +1,4 @@
-"""utils.report / utils.plots on synthetic results folders with hand-picked metrics."""
+"""tools.report / tools.plots on synthetic results folders with hand-picked metrics."""
 from __future__ import annotations
 
 import csv
@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils import report, results
-from utils.plots import layer_distances, plot_distance_cdfs, plot_roc, plot_training_curves
+from tools import report
+from tools.plots import layer_distances, plot_distance_cdfs, plot_roc, plot_training_curves
+from utils import results
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CIFAR_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

@@ -1,4 +1,4 @@
-"""utils.sweep: grid expansion, naming, shared pretraining, skip/resume, failures (fake runner), and one
+"""tools.sweep: grid expansion, naming, shared pretraining, skip/resume, failures (fake runner), and one
 tiny real sweep on the shared CIFAR-10 data followed by the report."""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 import yaml
 
-from utils import report, results, sweep
+from tools import report, sweep
+from utils import results
 from utils.errors import UserError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -20,9 +20,12 @@ from tests.video_fixtures import (
     square_box,
     write_frames,
 )
+from tools import preprocess_video
+from trainers import video_pipeline
+from trainers.scoring import clip_scores_to_frame_scores
+from utils.cli import video_config
 from utils.errors import UserError
 from utils.io import cache_dir, cache_key
-from utils.video_scoring import clip_scores_to_frame_scores
 
 
 @pytest.fixture(autouse=True)
@@ -169,9 +172,9 @@ def test_entries_cached_before_recipes_are_not_reused(tmp_path):
 
 
 def test_background_recipe_flag_reaches_the_loaders(tmp_path, monkeypatch):
-    assert main_shanghaitech.video_config([])["background_recipe"] == "lsa"
-    assert main_shanghaitech.video_config(["--background-recipe", "native"])["background_recipe"] == "native"
-    assert V._parser().parse_args(["preprocess", "--src", "a", "--dst", "b"]).background_recipe == "lsa"
+    assert video_config([])["background_recipe"] == "lsa"
+    assert video_config(["--background-recipe", "native"])["background_recipe"] == "native"
+    assert preprocess_video._parser().parse_args(["--src", "a", "--dst", "b"]).background_recipe == "lsa"
     seen = {}
 
     class Stop(Exception):
@@ -181,7 +184,7 @@ def test_background_recipe_flag_reaches_the_loaders(tmp_path, monkeypatch):
         seen.update(kwargs)
         raise Stop
 
-    monkeypatch.setattr(main_shanghaitech, "load_split", fake_load_split)
+    monkeypatch.setattr(video_pipeline, "load_split", fake_load_split)
     with pytest.raises(Stop):
         main_shanghaitech.main(["-dp", str(tmp_path), "-ee", "--background-recipe", "native", "--run-dir",
                                 str(tmp_path / "run"), "--device", "cpu", "--no-progress"])
@@ -393,8 +396,8 @@ def test_real_ped2_mat_and_npy_agree_on_the_clips_on_disk():
 def test_preprocess_official_layout_end_to_end(tmp_path, capsys):
     src, dst = tmp_path / "official", tmp_path / "prepared"
     info = make_official_shanghaitech(src)
-    V.main(["preprocess", "--src", str(src), "--dst", str(dst), "--size", "32", "48"])
-    V.main(["preprocess", "--src", str(src), "--dst", str(tmp_path / "native"), "--size", "32", "48",
+    preprocess_video.main(["--src", str(src), "--dst", str(dst), "--size", "32", "48"])
+    preprocess_video.main(["--src", str(src), "--dst", str(tmp_path / "native"), "--size", "32", "48",
             "--background-recipe", "native"])
     clip = next(iter(info["test"]))
     lsa_frames = V.load_video_frames(dst / "testing" / "nobackground_frames_resized" / clip)
@@ -425,7 +428,7 @@ def test_unreadable_video_is_user_error(tmp_path):
     with pytest.raises(UserError, match="03_001.avi"):
         V.read_video(bad)
     with pytest.raises(SystemExit) as exit_info:
-        V.main(["preprocess", "--src", str(src), "--dst", str(tmp_path / "out"), "--size", "32", "48"])
+        preprocess_video.main(["--src", str(src), "--dst", str(tmp_path / "out"), "--size", "32", "48"])
     assert exit_info.value.code == 2
 
 

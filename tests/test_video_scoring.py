@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from trainers.scoring import clip_scores_to_frame_scores, combine_scores, frame_auc, minmax_normalise
 from utils.errors import UserError
-from utils.video_scoring import clip_scores_to_frame_scores, combine_scores, frame_auc, minmax_normalise
 
 
 def test_frame_score_is_mean_of_windows_containing_it():

@@ -42,11 +42,11 @@ from datasets.cifar10 import CIFAR10_CLASSES, check_class, load_one_class
 from models.lenet import LAYER_INDICES, LeNetAutoencoder, PooledFeatureNet
 from models.lenet_grouped import GroupedLeNetAutoencoder, GroupedPooledFeatureNet, stack_runs
 from trainers.engine import Resume, fit_runs
-from trainers.evaluate import score_and_evaluate, test_distances
 from trainers.objective import (BOUNDARIES, MultiLayerObjective, compute_centroids, recalibrate_batchnorm,
                                 reconstruction_loss)
 from trainers.one_class import ONE_CLASS_KIND, OneClassModel, one_class_step
 from trainers.pretrain import AE_KIND, epoch_generator
+from trainers.scoring import score_and_evaluate, test_distances
 from trainers.two_stage import DEBUG_BATCHES, _stage, choose_layers, debug_subset
 from utils import results
 from utils.batching import batch_slices

@@ -19,8 +19,8 @@ from tqdm import tqdm
 from trainers.engine import StageSettings, fit
 from trainers.objective import MultiLayerObjective, compute_centroids, reconstruction_errors, reconstruction_loss
 from trainers.pretrain import epoch_generator
+from trainers.scoring import clip_scores_to_frame_scores, combine_scores, frame_auc, minmax_normalise
 from utils.runtime import batch_placer, module_device
-from utils.video_scoring import clip_scores_to_frame_scores, combine_scores, frame_auc, minmax_normalise
 
 END_TO_END_KIND = "end_to_end"
 

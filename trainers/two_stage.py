@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from trainers.engine import StageSettings
-from trainers.evaluate import score_and_evaluate, test_distances
 from trainers.objective import (MultiLayerObjective, calibrate_new_batchnorm, compute_centroids,
                                 recalibrate_batchnorm)
 from trainers.one_class import ONE_CLASS_KIND, OneClassModel, train_one_class
 from trainers.pretrain import AE_KIND, pretrain_autoencoder
+from trainers.scoring import score_and_evaluate, test_distances
 from utils import results
 from utils.batching import TensorSource
 from utils.checkpoint import load_checkpoint, replace_state

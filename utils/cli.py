@@ -119,8 +119,6 @@ def cifar10_parser() -> argparse.ArgumentParser:
 
 
 def mvtec_parser() -> argparse.ArgumentParser:
-    from datasets.mvtec import MVTEC_CATEGORIES
-
     p = argparse.ArgumentParser("main_mvtec.py", description="MOCCA on MVTec AD (one category = normal)")
     _common_flags(p, code_length=64, batch_size=128, warm_up=5)
     _two_stage_flags(p)
@@ -131,7 +129,8 @@ def mvtec_parser() -> argparse.ArgumentParser:
     p.add_argument("-dp", "--data-path", dest="data_path", type=str, default="./MVTec_Anomaly",
                    help="MVTec AD root holding the category folders")
     p.add_argument("-nc", "--normal-class", dest="normal_class", default="cable",
-                   metavar="CATEGORY", help=f"one of: {', '.join(MVTEC_CATEGORIES)}")
+                   metavar="CATEGORY", help="an MVTec AD category (bottle, cable, ..., zipper; a wrong name is "
+                                            "an error that lists all 15)")
     p.add_argument("-lf", "--log-frequency", dest="log_frequency", type=int, default=5, help="accepted; one line per epoch")
     p.add_argument("-dl", "--disable-logging", dest="disable_logging", action="store_true", default=False)
     p.add_argument("-ba", "--batch-accumulation", dest="batch_accumulation", type=int, default=-1,
@@ -246,3 +245,14 @@ def video_parser() -> argparse.ArgumentParser:
     p.add_argument("--authors-reshape", dest="authors_reshape", action="store_true", default=False,
                    help="decoder reshape exactly as the authors (mixes time and space) instead of the clean transpose")
     return p
+
+
+def video_config(argv: Sequence[str]) -> dict[str, Any]:
+    """Flags -> config: the chosen dataset's shipped YAML unless --config is given; -use and --use-selectors agree."""
+    argv = list(argv)
+    if "--config" not in argv:  # the shipped config of the chosen dataset
+        dataset = video_parser().parse_known_args(argv)[0].dataset
+        argv = ["--config", str(CONFIG_DIR / f"{dataset}.yaml")] + argv
+    config = resolve_config(video_parser(), argv)
+    config["use_selectors"] = bool(config["use_selectors"] or config.pop("use_selectors_video"))
+    return config

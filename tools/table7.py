@@ -3,7 +3,7 @@
 Trains the seven layer sets of Table VII (6; 5,6; ...; 0..6) with the hard and the soft boundary
 (sharing one pretrained AE per seed), then prints maxBA per row for both boundaries.
 
-    python -m utils.table7 leather -dp <MVTec AD root> --out results/table7-leather [--seeds 0 1 2]
+    python -m tools.table7 leather -dp <MVTec AD root> --out results/table7-leather [--seeds 0 1 2]
         [--preset cpu] [--jobs N] [-- <flags for every run, e.g. --no-selectors>]
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from utils import report, sweep
+from tools import report, sweep
 
 TABLE7_LAYER_SETS = ("6", "5,6", "4,5,6", "3,4,5,6", "2,3,4,5,6", "1,2,3,4,5,6", "0,1,2,3,4,5,6")
 
@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     passthrough = argv[argv.index("--"):] if "--" in argv else []
     own = argv[: len(argv) - len(passthrough)]
-    p = argparse.ArgumentParser("python -m utils.table7", description=__doc__,
+    p = argparse.ArgumentParser("python -m tools.table7", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("category")
     p.add_argument("-dp", "--data-path", required=True)

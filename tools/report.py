@@ -1,7 +1,7 @@
 """Tables (Markdown + CSV) and figures from finished runs, beside the paper's published numbers.
 
-    python -m utils.report results/table1            # writes results/table1/report/
-    python -m utils.report output --out /tmp/rep --no-plots
+    python -m tools.report results/table1            # writes results/table1/report/
+    python -m tools.report output --out /tmp/rep --no-plots
 
 Every ``metrics.json`` below the folder is one finished run. Runs are grouped by (dataset, class,
 boundary, layer set, holistic or not, and every other hyperparameter whose value differs between
@@ -514,7 +514,7 @@ def groups_table(runs: Sequence[Run]) -> Table:
 
 def make_plots(runs: Sequence[Run], out: Path) -> list[Path]:
     """ROC per class, distance CDFs MOCCA vs holistic (Fig. 5), training curves: the lowest seed of each group."""
-    from utils import plots  # matplotlib only when figures are wanted
+    from tools import plots  # matplotlib only when figures are wanted
 
     written: list[Path] = []
     folder = out / "plots"
@@ -594,10 +594,10 @@ def write_report(folder: Path, out: Path | None = None, plots: bool = True,
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        "python -m utils.report",
+        "python -m tools.report",
         description="Aggregate finished runs (every metrics.json below FOLDER) into the paper's table layouts "
                     "(mean ± std over seeds, beside the paper's values) as Markdown + CSV, and draw figures.")
-    p.add_argument("folder", help="a sweep folder (python -m utils.sweep --out) or any folder of run folders")
+    p.add_argument("folder", help="a sweep folder (python -m tools.sweep --out) or any folder of run folders")
     p.add_argument("--out", default=None, help="where to write report.md, *.csv and plots/ (default: FOLDER/report)")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="tables only, no PNG figures")
     p.add_argument("--paper-dir", default=str(PAPER_DIR), help="folder of the paper's CSV tables")

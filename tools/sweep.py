@@ -1,6 +1,6 @@
 """Grid sweeps: classes x seeds x boundaries x layer sets x any hyperparameter, as subprocesses.
 
-    python -m utils.sweep cifar10 --classes all --seeds 0-9 --boundary soft hard --holistic \\
+    python -m tools.sweep cifar10 --classes all --seeds 0-9 --boundary soft hard --holistic \\
         -dp ../shared/data/cifar10 --out results/table1 --jobs 2 --preset cpu
 
 Why it is built this way:
@@ -566,7 +566,7 @@ def write_sweep_file(spec: SweepSpec, runs: Sequence[RunJob], argv: Sequence[str
                             f"({'; '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); its pretrained "
                             "AEs and runs would be mixed with these: use another --out")
     doc = {
-        "command": shlex.join(["python", "-m", "utils.sweep", *argv]),
+        "command": shlex.join(["python", "-m", "tools.sweep", *argv]),
         "cwd": os.getcwd(),
         "entry": spec.info.entry,
         "fixed": spec.fixed(),
@@ -586,11 +586,11 @@ def write_sweep_file(spec: SweepSpec, runs: Sequence[RunJob], argv: Sequence[str
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        "python -m utils.sweep",
+        "python -m tools.sweep",
         description="Run a grid of MOCCA experiments (classes x seeds x boundaries x layer sets x --set values) "
                     "as subprocesses of main_<dataset>.py, sharing stage-1 pretraining; rerun the same command "
                     "to continue a killed sweep. Flags after '--' go to every run unchanged.",
-        epilog="example: python -m utils.sweep cifar10 --classes all --seeds 0-9 --boundary soft hard --holistic "
+        epilog="example: python -m tools.sweep cifar10 --classes all --seeds 0-9 --boundary soft hard --holistic "
                "-dp ../shared/data/cifar10 --out results/table1 --preset cpu --jobs 2 -- --device cpu",
 )
     p.add_argument("dataset", choices=sorted(DATASETS), help="which entry script: main_<dataset>.py")
@@ -755,7 +755,7 @@ def main(argv: Sequence[str] | None = None, runner: Runner = subprocess_runner) 
             return 0
         write_sweep_file(spec, runs, argv)
         failed = execute_batched(spec, runs, runner)
-        print(f"tables: python -m utils.report {spec.out}")
+        print(f"tables: python -m tools.report {spec.out}")
         return 1 if failed else 0
     if args.dry_run:
         dry_run(spec, runs)
@@ -765,7 +765,7 @@ def main(argv: Sequence[str] | None = None, runner: Runner = subprocess_runner) 
     write_sweep_file(spec, runs, argv)
     result = execute(spec, runs, runner, spec.jobs, progress=args.progress)
     print(summary(result))
-    print(f"tables: python -m utils.report {spec.out}")
+    print(f"tables: python -m tools.report {spec.out}")
     return 1 if result.failed else 0
 
 
