@@ -4,11 +4,9 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-import torch
-import torch.nn.functional as F
 
-from datasets.mvtec import (PATCHES_PER_IMAGE, category_spec, extract_patches, load_mvtec, to_model_range,
-                            train_batch_transform)
+from datasets.mvtec import (PATCHES_PER_IMAGE, category_spec, downscale, extract_patches, load_mvtec,
+                            to_model_range, train_batch_transform)
 from models.residual2d import LAYER_INDICES, ResidualAutoencoder, ResidualFeatureNet
 from trainers.two_stage import ImageExperiment, run_two_stage
 from utils.batching import TensorSource
@@ -16,12 +14,6 @@ from utils.cli import CONFIG_DIR, mvtec_parser, resolve_config
 from utils.errors import UserError, exit_on_user_error
 
 DEFAULT_CONFIG = CONFIG_DIR / "mvtec.yaml"
-
-
-def downscale(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (N, 3, S, S) -> uint8 (N, 3, size, size) with antialiasing (done once, before training)."""
-    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return out.round().clamp(0, 255).to(torch.uint8)
 
 
 def build_experiment(config: dict) -> ImageExperiment:

@@ -21,14 +21,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from datasets.mvtec import category_spec, load_mvtec, to_model_range, train_batch_transform
-from main_mvtec import downscale
-from models.residual2d import ResidualAutoencoder, ResidualFeatureNet, pool_features
+from datasets.mvtec import category_spec, downscale, load_mvtec, to_model_range, train_batch_transform
+from models.residual2d import ResidualAutoencoder, pool_features
+from trainers.mocca import MOCCA
 from trainers.objective import recalibrate_batchnorm
 from trainers.one_class import ONE_CLASS_KIND, OneClassModel
 from trainers.pretrain import AE_KIND
 from trainers.scoring import detection_metrics
-from trainers.two_stage import one_class_model_from
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError, exit_on_user_error
 
@@ -64,8 +63,7 @@ def model_report(path: Path, input_size: int, train_aug: Tensor, test: Tensor, l
     arch = ckpt["arch"]
     if arch.get("input_size") != input_size:
         raise UserError(f"{path} was trained at {arch.get('input_size')} px; pass --image-size to match")
-    model = one_class_model_from(ckpt, lambda: ResidualAutoencoder(input_size, arch["code_length"]),
-                                 lambda encoder, layers: ResidualFeatureNet(encoder, layers, bool(arch.get("use_selectors"))))
+    model = MOCCA.load(path, device="cpu").model
     obj, layers = model.objective, model.objective.layer_indices
 
     def distances(m: OneClassModel, x: Tensor, train_mode: bool = False) -> dict[int, Tensor]:

@@ -436,3 +436,8 @@ def assemble_patches(patches: torch.Tensor, grid: tuple[int, int] = (GRID_SIDE, 
     x = patches.reshape(n // (gh * gw), gh, gw, c, p, q).permute(0, 3, 1, 4, 2, 5)
     return x.reshape(n // (gh * gw), c, gh * p, gw * q)
 
+
+def downscale(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, 3, S, S) -> uint8 (N, 3, size, size) with antialiasing (done once, before training)."""
+    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8)

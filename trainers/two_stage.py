@@ -1,8 +1,8 @@
 """The two-stage image pipeline (CIFAR-10, MVTec AD): pretrain -> centroids -> one-class -> test.
 
 An entry script describes its data and model in an ``ImageExperiment``; this module runs the
-stages the flags ask for (-ptr, -tr, -tt), hands checkpoints from one stage to the next, and
-writes the run folder.
+stages the flags ask for (-ptr, -tr, -tt) through the method object (``trainers.mocca.MOCCA``),
+hands checkpoints from one stage to the next, and writes the run folder.
 """
 from __future__ import annotations
 
@@ -17,16 +17,12 @@ import torch
 from torch import nn
 
 from trainers.engine import StageSettings
-from trainers.objective import (MultiLayerObjective, calibrate_new_batchnorm, compute_centroids,
-                                recalibrate_batchnorm)
-from trainers.one_class import ONE_CLASS_KIND, OneClassModel, train_one_class
-from trainers.pretrain import AE_KIND, pretrain_autoencoder
-from trainers.scoring import score_and_evaluate, test_distances
+from trainers.mocca import MOCCA, MethodSettings
+from trainers.scoring import score_and_evaluate
 from utils import results
 from utils.batching import TensorSource
-from utils.checkpoint import load_checkpoint, replace_state
 from utils.errors import UserError
-from utils.runtime import batch_placer, environment, pick_device, set_seed
+from utils.runtime import environment, pick_device, set_seed
 
 DEBUG_BATCHES = 5
 
@@ -74,6 +70,16 @@ def _stage(config: dict[str, Any], name: str, prefix: str) -> StageSettings:
     )
 
 
+def method_settings(config: dict[str, Any], layers: list[int]) -> MethodSettings:
+    """The typed settings of the method, read once from the resolved config (trainers never see CLI keys)."""
+    return MethodSettings(
+        layers=layers, boundary=config["boundary"], nu=float(config["nu"]), layer_reduction=config["layer_reduction"],
+        batch_size=int(config["batch_size"]), warm_up_epochs=int(config["warm_up_n_epochs"]),
+        pretrain=_stage(config, "pretrain", "ae"), train=_stage(config, "train", "oc"),
+        recalibrate_bn=bool(config.get("recalibrate_bn")), seed=int(config["seed"]),
+        debug_batches=DEBUG_BATCHES if config["debug"] else None)
+
+
 def run_two_stage(exp: ImageExperiment, config: dict[str, Any], log: Callable[[str], None] = print) -> dict | None:
     """Run the stages chosen by -ptr/-tr/-tt; return the metrics when the test stage ran."""
     if not (config["pretrain"] or config["train"] or config["test"]):
@@ -86,23 +92,16 @@ def run_two_stage(exp: ImageExperiment, config: dict[str, Any], log: Callable[[s
     run_dir.mkdir(parents=True, exist_ok=True)
     results.write_config(run_dir, config, environment(device))
     log(f"run folder: {run_dir}")
-    limit = DEBUG_BATCHES if config["debug"] else None
-    bs = int(config["batch_size"])
-    channels_last = bool(config.get("channels_last")) and exp.train.data.dim() == 4
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    prepare = batch_placer(device, channels_last)  # the one rule for where and how batches live
-    train = dataclasses.replace(exp.train, data=exp.train.data.to(device))  # keeps transform, samples_per_epoch
+    settings = method_settings(config, layers)
+    mocca = MOCCA(exp.make_autoencoder, exp.make_feature_net, exp.arch, settings, net_arch=exp.net_arch,
+                  device=device, channels_last=bool(config.get("channels_last")) and exp.train.data.dim() == 4)
+    train = dataclasses.replace(exp.train, data=exp.train.data.to(device))  # resident once for both stages
     timings: dict[str, float] = {}
-
-    def build_ae() -> nn.Module:
-        return exp.make_autoencoder().to(device, memory_format=fmt)
 
     ae_path = run_dir / results.AE_CHECKPOINT
     if config["pretrain"]:
-        ae = build_ae()
         t0 = time.perf_counter()
-        history = pretrain_autoencoder(ae, train, _stage(config, "pretrain", "ae"), bs, ae_path, exp.arch, seed,
-                                       resume=config["resume"], limit=limit, prepare=prepare, log=log)
+        history = mocca.pretrain(train, ae_path, resume=config["resume"], log=log)
         timings["pretrain_s"] = time.perf_counter() - t0
         results.write_history(run_dir / "pretrain_log.csv", history)
     elif config["train"]:
@@ -110,48 +109,33 @@ def run_two_stage(exp: ImageExperiment, config: dict[str, Any], log: Callable[[s
             raise UserError("-tr without -ptr needs -ck <AE checkpoint (ae.pt of an earlier run)>")
         ae_path = Path(config["model_ckp"])
 
-    model_path = run_dir / results.MODEL_CHECKPOINT
-    model: OneClassModel | None = None
     if config["train"]:
-        ae = build_ae()
-        ae.load_state_dict(load_checkpoint(ae_path, AE_KIND, exp.arch)["state"])
-        net = exp.make_feature_net(ae.encoder, layers).to(device, memory_format=fmt)  # encoder starts pretrained
         t0 = time.perf_counter()
-        recalibrate = bool(config.get("recalibrate_bn"))
-        calibration = lambda: (prepare(x) for x in train.batches(bs, limit=limit, drop_singleton=True))  # noqa: E731
-        (recalibrate_batchnorm if recalibrate else calibrate_new_batchnorm)(net, calibration())
-        centers = compute_centroids(net, (prepare(x) for x in train.batches(bs, limit=limit)))
-        timings["centroids_s"] = time.perf_counter() - t0
-        objective = MultiLayerObjective(centers, config["boundary"], float(config["nu"]), config["layer_reduction"])
-        model = OneClassModel(net, objective).to(device)
-        oc_arch = {**exp.arch, **exp.net_arch, "layers": layers, "boundary": config["boundary"], "nu": float(config["nu"])}
-        t0 = time.perf_counter()
-        best_path = run_dir / results.BEST_CHECKPOINT if config["test_checkpoint"] == "best-loss" else None
-        history = train_one_class(model, train, _stage(config, "train", "oc"), bs, int(config["warm_up_n_epochs"]),
-                                  model_path, oc_arch, seed, resume=config["resume"], best_checkpoint=best_path,
-                                  limit=limit, prepare=prepare, log=log)
-        for path in (p for p in (model_path, best_path) if p is not None):
-            if path == best_path:  # test the epoch with the lowest training loss (the authors' MVTec choice)
-                model.load_state_dict(load_checkpoint(path, ONE_CLASS_KIND)["state"])
-            if recalibrate:  # the checkpoint then holds the statistics that are tested
-                recalibrate_batchnorm(model.net, calibration())
-                replace_state(path, ONE_CLASS_KIND, model.state_dict())
+        best = run_dir / results.BEST_CHECKPOINT if config["test_checkpoint"] == "best-loss" else None
+        history = mocca.train(train, ae_path, run_dir / results.MODEL_CHECKPOINT, resume=config["resume"],
+                              best_checkpoint=best, log=log)
         timings["train_s"] = time.perf_counter() - t0
         results.write_history(run_dir / "train_log.csv", history)
     elif config["test"]:
         if not config["model_ckp"]:
             raise UserError("-tt without -tr needs -ck <trained checkpoint (model.pt of an earlier run)>")
-        model = load_one_class_model(results.tested_checkpoint(Path(config["model_ckp"]), config), exp, device, fmt)
+        path = results.tested_checkpoint(Path(config["model_ckp"]), config)
+        try:
+            mocca.load_model(path)
+        except ValueError as err:
+            raise UserError(f"{err}; pass matching flags") from err
 
     if not config["test"]:
         return None
-    assert model is not None
-    keep = debug_subset(len(exp.test_labels), limit * bs, seed) if limit is not None else np.arange(len(exp.test_labels))
+    limit = settings.debug_batches
+    keep = (debug_subset(len(exp.test_labels), limit * settings.batch_size, seed) if limit is not None
+            else np.arange(len(exp.test_labels)))
     test = TensorSource(exp.test.data[torch.from_numpy(keep)].to(device), exp.test.transform)
     labels = exp.test_labels[keep]
     t0 = time.perf_counter()
-    dist = test_distances(model.net, model.objective, test.batches(bs), prepare=prepare)
+    dist = mocca.distances(test)
     timings["test_s"] = time.perf_counter() - t0
+    model = mocca.model
     try:
         scored = score_and_evaluate(model.objective, dist, labels, exp.patches_per_image)
     except ValueError as err:
@@ -178,27 +162,3 @@ def debug_subset(n: int, size: int, seed: int) -> np.ndarray:
     """A fixed random subset of the test set for -db (the test set is ordered by class, a prefix is not)."""
     rng = np.random.default_rng(max(seed, 0))
     return np.sort(rng.permutation(n)[: min(n, size)])
-
-
-def load_one_class_model(path: Path, exp: ImageExperiment, device: torch.device,
-                         fmt: torch.memory_format = torch.contiguous_format) -> OneClassModel:
-    """Rebuild a trained model from its checkpoint (layers, boundary and nu are read from it)."""
-    ckpt = load_checkpoint(path, ONE_CLASS_KIND)
-    saved = ckpt["arch"]
-    diff = {k: (saved.get(k), v) for k, v in {**exp.arch, **exp.net_arch}.items() if saved.get(k) != v}
-    if diff:
-        text = ", ".join(f"{k}: checkpoint {a!r} vs this run {b!r}" for k, (a, b) in diff.items())
-        raise UserError(f"checkpoint {path} is for another architecture ({text}); pass matching flags")
-    return one_class_model_from(ckpt, exp.make_autoencoder, exp.make_feature_net).to(device, memory_format=fmt)
-
-
-def one_class_model_from(ckpt: dict[str, Any], make_autoencoder: Callable[[], nn.Module],
-                         make_feature_net: Callable[[nn.Module, list[int]], nn.Module]) -> OneClassModel:
-    """The model of a loaded one-class checkpoint, on the CPU (layers, boundary and nu are read from it)."""
-    saved = ckpt["arch"]
-    layers = [int(k) for k in saved["layers"]]
-    net = make_feature_net(make_autoencoder().encoder, layers)
-    dummy = {k: torch.zeros_like(ckpt["state"][f"objective.center_{k}"]) for k in layers}
-    model = OneClassModel(net, MultiLayerObjective(dummy, saved["boundary"], float(saved["nu"])))
-    model.load_state_dict(ckpt["state"])
-    return model

@@ -47,6 +47,11 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...], arch: dict[st
 
 def replace_state(path: str | Path, kind: str, state: dict[str, Any]) -> None:
     """Rewrite the model weights of an existing checkpoint (atomically), keeping everything else."""
+    update_checkpoint(path, kind, state=state)
+
+
+def update_checkpoint(path: str | Path, kind: str, **fields: Any) -> None:
+    """Set some fields of an existing checkpoint (atomically), keeping everything else."""
     ckpt = load_checkpoint(path, kind)
     payload = {k: v for k, v in ckpt.items() if k not in ("format", "kind", "arch")}
-    save_checkpoint(path, kind, ckpt["arch"], **{**payload, "state": state})
+    save_checkpoint(path, kind, ckpt["arch"], **{**payload, **fields})
