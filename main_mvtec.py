@@ -17,16 +17,16 @@ DEFAULT_CONFIG = CONFIG_DIR / "mvtec.yaml"
 
 
 def build_experiment(config: dict) -> ImageExperiment:
-    spec = category_spec(config["normal_class"])
+    spec = category_spec(config["normal_class"], texture=config["texture"], rotation=config["rotation_range"])
     if int(config["batch_accumulation"]) not in (-1, 1):
         raise UserError("-ba (gradient accumulation) is not supported; raise -bs instead")
     zl, use_sel = int(config["code_length"]), bool(config["use_selectors"])
-    data = load_mvtec(config["data_path"], spec.name)
+    data = load_mvtec(config["data_path"], spec)
     input_size = spec.input_size
     if not spec.is_texture and int(config["image_size"]) != spec.image_size:  # a smaller CPU setting
         input_size = int(config["image_size"])
         data.train, data.test = (downscale(t, input_size) for t in (data.train, data.test))
-    augment = train_batch_transform(spec.name, rotation=bool(config["rotation"]))
+    augment = train_batch_transform(spec, rotation=bool(config["rotation"]))
 
     def train_transform(batch, generator):  # augment on uint8 (cheap), then scale to [-1, 1]
         return to_model_range(augment(batch, generator))
@@ -48,7 +48,7 @@ def build_experiment(config: dict) -> ImageExperiment:
         valid_layers=LAYER_INDICES,
         patches_per_image=PATCHES_PER_IMAGE if spec.is_texture else None,
         test_columns={"defect": list(data.test_defects)},
-        summary={"is_texture": spec.is_texture, "category": spec.name},
+        summary={"is_texture": spec.is_texture, "category": spec.name, "official_category": spec.official},
     )
 
 

@@ -63,6 +63,7 @@ MIN_IMAGE_SIDE = PATCH_SIZE  # a source image whose short side is smaller is rej
 
 GOOD = "good"
 IMAGE_SUFFIX = ".png"  # the official layout holds PNG files only; other files are ignored
+OWN_DATA_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # a category of your own may hold any of these
 MASK_SUFFIX = "_mask.png"
 RESIZE_INTERPOLATION = cv2.INTER_AREA
 _CACHE_VERSION = 1  # bump when the decoded array format changes
@@ -77,15 +78,32 @@ class CategorySpec:
     image_size: int  # side of the resized, cached image
     input_size: int  # side of the network input (image_size for objects, PATCH_SIZE for textures)
     rotation: tuple[float, float]  # training rotation range in degrees, counter-clockwise
+    official: bool = True  # one of the 15 MVTec AD categories (else: your own data in the same layout)
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        return (IMAGE_SUFFIX,) if self.official else OWN_DATA_SUFFIXES
 
 
-def category_spec(category: str) -> CategorySpec:
-    """Facts for ``category``; UserError for a name that is not one of the 15."""
-    if category not in ROTATION_DEGREES:
-        raise UserError(f"unknown MVTec AD category {category!r}: use one of {', '.join(MVTEC_CATEGORIES)}")
-    texture = category in TEXTURES
-    size = IMAGE_SIZE_TEXTURE if texture else IMAGE_SIZE_OBJECT
-    return CategorySpec(category, texture, size, PATCH_SIZE if texture else size, ROTATION_DEGREES[category])
+def category_spec(category: str, texture: bool | None = None,
+                  rotation: Sequence[float] | None = None) -> CategorySpec:
+    """Facts for ``category``: one of the 15 as the paper treats it, or your own category.
+
+    Your own category (any other name) is an object (``texture`` False, the default) or a texture
+    (512x512 images scored over 64x64 patches, eq. 7), trained with ``rotation`` degrees (default
+    none). A rotation range may also replace an official category's; its kind may not change.
+    """
+    official = category in ROTATION_DEGREES
+    if official and texture is not None and texture != (category in TEXTURES):
+        kind = "a texture" if category in TEXTURES else "an object"
+        raise UserError(f"{category} is {kind} category of MVTec AD: drop --texture/--object")
+    is_texture = category in TEXTURES if official else bool(texture)
+    degrees = tuple(float(d) for d in rotation) if rotation is not None else (
+        ROTATION_DEGREES[category] if official else (0.0, 0.0))
+    if len(degrees) != 2 or degrees[0] > degrees[1]:
+        raise UserError(f"rotation range {list(degrees)}: give LOW HIGH degrees with LOW <= HIGH")
+    size = IMAGE_SIZE_TEXTURE if is_texture else IMAGE_SIZE_OBJECT
+    return CategorySpec(category, is_texture, size, PATCH_SIZE if is_texture else size, degrees, official)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,17 +129,24 @@ class MVTecData:
     test_masks: Optional[torch.Tensor] = None  # uint8 (M, 1, S, S) in {0, 1}, if asked for
 
 
-def load_mvtec(root: str | os.PathLike, category: str, with_masks: bool = False) -> MVTecData:
-    """Load ``<root>/<category>`` in the official layout, decoding each PNG only once.
+def load_mvtec(root: str | os.PathLike, category: str | CategorySpec, with_masks: bool = False) -> MVTecData:
+    """Load ``<root>/<category>`` in the official layout, decoding each image only once.
 
     ``root`` is the folder holding the category folders. Mask pairing is always checked; the masks
-    themselves are decoded only with ``with_masks`` (image-level AD does not need them).
+    themselves are decoded only with ``with_masks`` (image-level AD does not need them). A category
+    of your own may have no ``ground_truth`` folder (image-level results only).
     """
-    spec = category_spec(category)
-    folder = _category_folder(Path(root), category)
-    train_files = _list_images(folder / "train" / GOOD)
-    test_files, test_defects = _list_test(folder)
-    mask_files = _pair_masks(folder, test_files, test_defects)
+    spec = category if isinstance(category, CategorySpec) else category_spec(category)
+    category = spec.name
+    folder = _category_folder(Path(root), spec)
+    train_files = _list_images(folder / "train" / GOOD, spec.suffixes)
+    test_files, test_defects = _list_test(folder, spec.suffixes)
+    if spec.official or (folder / "ground_truth").is_dir():
+        mask_files = _pair_masks(folder, test_files, test_defects)
+    elif with_masks:
+        raise UserError(f"no masks for {folder}: pixel-level results need {folder / 'ground_truth'}/<type>/*_mask.png")
+    else:
+        mask_files = [None] * len(test_files)
 
     size = spec.image_size
     train = _cached_images(folder, "train", train_files, size, grey=False)
@@ -153,11 +178,14 @@ def to_model_range(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(127.5).sub_(1.0)
 
 
-def _category_folder(root: Path, category: str) -> Path:
+def _category_folder(root: Path, spec: CategorySpec) -> Path:
     """Check the category folder and its train/good and test folders exist."""
     if not root.is_dir():
         raise UserError(f"MVTec AD data folder not found: {root} (pass the folder that holds the category folders)")
-    folder = root / category
+    folder = root / spec.name
+    if not folder.is_dir() and not spec.official:
+        raise UserError(f"unknown MVTec AD category {spec.name!r}: use one of {', '.join(MVTEC_CATEGORIES)}, or put "
+                        f"your own data in {folder}/train/good and {folder}/test/<good|defect type>")
     if not folder.is_dir():
         hint = " (it looks like a category folder itself: pass its parent)" if (root / "train").is_dir() else ""
         raise UserError(f"category folder not found: {folder}{hint}")
@@ -167,15 +195,15 @@ def _category_folder(root: Path, category: str) -> Path:
     return folder
 
 
-def _list_images(folder: Path) -> list[Path]:
-    """Sorted PNG files of ``folder``; UserError when there are none."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIX))
+def _list_images(folder: Path, suffixes: Sequence[str] = (IMAGE_SUFFIX,)) -> list[Path]:
+    """Sorted image files of ``folder``; UserError when there are none."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(tuple(suffixes)))
     if not files:
-        raise UserError(f"empty folder: no {IMAGE_SUFFIX} images in {folder}")
+        raise UserError(f"empty folder: no {'/'.join(suffixes)} images in {folder}")
     return files
 
 
-def _list_test(folder: Path) -> tuple[list[Path], list[str]]:
+def _list_test(folder: Path, suffixes: Sequence[str] = (IMAGE_SUFFIX,)) -> tuple[list[Path], list[str]]:
     """Test images in sorted defect-folder order, then sorted file order, with their folder names."""
     test_root = folder / "test"
     defect_dirs = sorted(p for p in test_root.iterdir() if p.is_dir())
@@ -184,14 +212,14 @@ def _list_test(folder: Path) -> tuple[list[Path], list[str]]:
     files: list[Path] = []
     defects: list[str] = []
     for d in defect_dirs:
-        images = _list_images(d)
+        images = _list_images(d, suffixes)
         files += images
         defects += [d.name] * len(images)
     return files, defects
 
 
 def _mask_name(image: Path) -> str:
-    return image.name[: -len(IMAGE_SUFFIX)] + MASK_SUFFIX
+    return image.stem + MASK_SUFFIX
 
 
 def _pair_masks(folder: Path, test_files: list[Path], defects: list[str]) -> list[Optional[Path]]:
@@ -259,7 +287,7 @@ def _decode_one(path: Path, size: int, grey: bool) -> np.ndarray:
     flags = cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR  # IMREAD_COLOR expands 1-channel files
     image = cv2.imread(str(path), flags)
     if image is None:
-        raise UserError(f"cannot read image {path}: the file is missing, unreadable or not a valid PNG")
+        raise UserError(f"cannot read image {path}: the file is missing, unreadable or not a valid image")
     h, w = image.shape[:2]
     if min(h, w) < MIN_IMAGE_SIDE:
         raise UserError(f"image {path} is {w}x{h}: its short side must be at least {MIN_IMAGE_SIDE} px")
@@ -388,7 +416,7 @@ def random_rotated_patches(batch: torch.Tensor, degrees: tuple[float, float], pa
 BatchTransform = Callable[..., torch.Tensor]
 
 
-def train_batch_transform(category: str, mode: str = "nearest", rotation: bool = True) -> BatchTransform:
+def train_batch_transform(category: str | CategorySpec, mode: str = "nearest", rotation: bool = True) -> BatchTransform:
     """Training augmentation for ``category`` as ``fn(batch, generator=None) -> batch``.
 
     Objects: random rotation when the range is non-zero (else identity). Textures: random
@@ -396,7 +424,7 @@ def train_batch_transform(category: str, mode: str = "nearest", rotation: bool =
     ``rotation=False`` drops the rotation (textures still get their random patch).
     Works on uint8 or float batches, on any device.
     """
-    spec = category_spec(category)
+    spec = category if isinstance(category, CategorySpec) else category_spec(category)
     degrees = spec.rotation if rotation else (0.0, 0.0)
 
     def objects(batch: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:

@@ -1,9 +1,12 @@
 """main_mvtec.py end to end: generated objects and textures (fast), then the real bottle data."""
 import csv
 import json
+import shutil
 
+import cv2
 import pytest
 import torch
+import yaml
 
 from main_mvtec import main
 from tests.conftest import SHARED_DATA, expect_user_error, require
@@ -104,3 +107,47 @@ def test_samples_per_epoch_sets_the_epoch_length(tmp_path):
     from utils.batching import TensorSource
     assert TensorSource(torch.zeros(3, 1), samples_per_epoch=8).n_batches(2) == 4
     assert history[0]["loss"] != one_pass[0]["loss"]  # 4 batches of 2 vs 2 batches (3 images, last of one dropped)
+
+
+def own_category(root, name: str, size: int = 96, suffix: str = ".jpg"):
+    """A category of one's own: JPEG files, no ground_truth folder (image-level labels only)."""
+    make_mvtec_category(root, name, n_train=6, n_good=2, n_defect=2, size=size)
+    folder = root / name
+    shutil.rmtree(folder / "ground_truth")
+    for png in list(folder.rglob("*.png")) if suffix != ".png" else []:
+        cv2.imwrite(str(png.with_suffix(suffix)), cv2.imread(str(png)))
+        png.unlink()
+    return folder
+
+
+def test_own_object_category_in_the_mvtec_layout(tmp_path):
+    root = tmp_path / "mine"
+    own_category(root, "widget")
+    m = main(["-ptr", "-tr", "-tt", "-nc", "widget", "-dp", str(root), "--image-size", "32", "-ile", "4", *FAST,
+              "--run-dir", str(tmp_path / "r")])
+    assert m["n_test"] == 6 and m["n_anomalous"] == 4 and m["official_category"] is False
+    assert not m["is_texture"] and 0.0 <= m["auc"] <= 1.0
+    with open(tmp_path / "r" / "scores.csv") as fh:
+        assert {r["defect"] for r in csv.DictReader(fh)} == {"good", "crack", "scratch"}
+
+
+def test_own_texture_category_is_scored_over_patches(tmp_path):
+    root = tmp_path / "mine"
+    own_category(root, "fabric", size=128, suffix=".png")
+    m = main(["-ptr", "-tr", "-tt", "-nc", "fabric", "-dp", str(root), "--texture", "--rotation-range", "0", "10",
+              "-ile", "4", *FAST, "-bs", "4", "--run-dir", str(tmp_path / "r")])
+    assert m["is_texture"] and m["n_test"] == 6
+    config = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert config["texture"] is True and config["rotation_range"] == [0.0, 10.0]
+
+
+def test_own_category_errors(tmp_path, capsys):
+    root = tmp_path / "mine"
+    own_category(root, "widget")
+    msg = expect_user_error(main, capsys, ["-ptr", "-nc", "widgte", "-dp", str(root), *FAST])
+    assert "use one of" in msg and "your own data" in msg
+    make_mvtec_category(root, "bottle", n_train=2, n_good=1, n_defect=1, size=64)
+    assert "object category" in expect_user_error(main, capsys, ["-ptr", "-nc", "bottle", "-dp", str(root),
+                                                                 "--texture", *FAST])
+    assert "LOW <= HIGH" in expect_user_error(main, capsys, ["-ptr", "-nc", "widget", "-dp", str(root),
+                                                             "--rotation-range", "10", "0", *FAST])

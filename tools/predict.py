@@ -72,9 +72,10 @@ def preprocess(files: list[Path], arch: dict, config: dict) -> tuple[torch.Tenso
     if arch["model"] == "residual2d":
         from datasets.mvtec import PATCHES_PER_IMAGE, category_spec, downscale, extract_patches, to_model_range
 
-        spec = category_spec(str(config["normal_class"]))  # as main_mvtec: decode at the category's size,
+        # as main_mvtec: decode at the category's size, then (objects) down to the run's input size
+        spec = category_spec(str(config["normal_class"]), texture=config.get("texture"))
         x = torch.from_numpy(np.stack([read_rgb(f, spec.image_size) for f in files])).permute(0, 3, 1, 2)
-        if not spec.is_texture and int(arch["input_size"]) != spec.image_size:  # then the run's smaller size
+        if not spec.is_texture and int(arch["input_size"]) != spec.image_size:
             x = downscale(x, int(arch["input_size"]))
         x = x.contiguous()
         if spec.is_texture:

@@ -129,8 +129,16 @@ def mvtec_parser() -> argparse.ArgumentParser:
     p.add_argument("-dp", "--data-path", dest="data_path", type=str, default="./MVTec_Anomaly",
                    help="MVTec AD root holding the category folders")
     p.add_argument("-nc", "--normal-class", dest="normal_class", default="cable",
-                   metavar="CATEGORY", help="an MVTec AD category (bottle, cable, ..., zipper; a wrong name is "
-                                            "an error that lists all 15)")
+                   metavar="CATEGORY", help="an MVTec AD category (bottle, cable, ..., zipper), or the name of your "
+                                            "own category folder in the same layout (train/good, test/<type>)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--texture", dest="texture", action="store_const", const=True, default=None,
+                      help="your own category is a texture: 512x512 images scored as the max over 64x64 patches")
+    kind.add_argument("--object", dest="texture", action="store_const", const=False,
+                      help="your own category is an object (the default): whole images at --image-size")
+    p.add_argument("--rotation-range", dest="rotation_range", type=float, nargs=2, default=None,
+                   metavar=("LOW", "HIGH"), help="training rotation in degrees (default: the paper's per category; "
+                                                 "none for your own categories)")
     p.add_argument("-lf", "--log-frequency", dest="log_frequency", type=int, default=5, help="accepted; one line per epoch")
     p.add_argument("-dl", "--disable-logging", dest="disable_logging", action="store_true", default=False)
     p.add_argument("-ba", "--batch-accumulation", dest="batch_accumulation", type=int, default=-1,
