@@ -175,7 +175,7 @@ def video(args: argparse.Namespace, device: torch.device) -> list[Row]:
     from datasets.video import VideoClips, load_split, load_test_set
     from trainers.video_pipeline import build_model, model_arch, remove_bg
     from utils.cli import video_config
-    from trainers.end_to_end import EndToEndModel, end_to_end_loss, initial_centroids, score_videos, train_end_to_end
+    from trainers.end_to_end import end_to_end_loss, initial_centroids, score_videos, train_end_to_end
 
     config = video_config(["--dataset", "ped2"])
     root, size, seed = SHARED / "ped2", tuple(config["frame_size"]), int(config["seed"])
@@ -186,11 +186,11 @@ def video(args: argparse.Namespace, device: torch.device) -> list[Row]:
     layers = [int(i) for i in config["idx_list_enc"]]
     sample = lambda gen: clips.sample_batch(bs, gen).to(device)  # noqa: E731
 
-    def fresh_model() -> EndToEndModel:
+    def fresh_model() -> OneClassModel:
         torch.manual_seed(seed)
         net = build_model(arch, layers, float(config["dropout"])).to(device)
         centers = initial_centroids(net, sample, n_b, seed)
-        return EndToEndModel(net, MultiLayerObjective(centers, config["boundary"], float(config["nu"]))).to(device)
+        return OneClassModel(net, MultiLayerObjective(centers, config["boundary"], float(config["nu"]))).to(device)
 
     x = torch.rand(bs, *arch["input_shape"], device=device)
     model = fresh_model()

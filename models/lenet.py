@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.layers import check_layer_indices
+
 # The one map from a layer index (the -ile flag) to the module whose output is used.
 LAYER_NAMES: dict[int, str] = {0: "conv1", 1: "conv2", 2: "conv3", 3: "fc1"}
 LAYER_INDICES: tuple[int, ...] = tuple(LAYER_NAMES)
@@ -113,18 +115,9 @@ class PooledFeatureNet(nn.Module):
 
     def __init__(self, encoder: LeNetEncoder, layer_indices: Sequence[int]):
         super().__init__()
-        check_layer_indices(layer_indices)
         self.encoder = encoder
-        self.layer_indices = list(layer_indices)
+        self.layer_indices = list(check_layer_indices(layer_indices, LAYER_NAMES))
 
     def forward(self, x: Tensor) -> dict[int, Tensor]:
         outs = self.encoder.layer_outputs(x, upto=max(self.layer_indices))
         return {k: outs[k].mean(dim=(2, 3)) if outs[k].dim() == 4 else outs[k] for k in self.layer_indices}
-
-
-def check_layer_indices(layer_indices: Sequence[int], valid: Sequence[int] = LAYER_INDICES) -> None:
-    if not layer_indices:
-        raise ValueError("at least one layer index is needed")
-    bad = [k for k in layer_indices if k not in valid]
-    if bad or len(set(layer_indices)) != len(layer_indices):
-        raise ValueError(f"layer indices must be distinct values from {list(valid)}, got {list(layer_indices)}")

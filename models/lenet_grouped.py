@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.lenet import BN_EPS, LAST_LAYER, LeNetAutoencoder, LeNetDecoder, LeNetEncoder, _GAIN, check_layer_indices, conv_block_outputs
+from models.layers import check_layer_indices
+from models.lenet import BN_EPS, LAST_LAYER, LAYER_NAMES, LeNetAutoencoder, LeNetDecoder, LeNetEncoder, _GAIN, conv_block_outputs
 
 _CONVS = ("conv1", "conv2", "conv3")
 _ENC_BNS = ("bn1", "bn2", "bn3")
@@ -261,7 +262,7 @@ class GroupedPooledFeatureNet(nn.Module):
 
     def __init__(self, encoder: GroupedLeNetEncoder, layer_indices: Sequence[int]):
         super().__init__()
-        check_layer_indices(layer_indices)
+        check_layer_indices(layer_indices, LAYER_NAMES)
         self.encoder = encoder
         self.layer_indices = list(layer_indices)
 

@@ -17,8 +17,8 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from models.layers import check_layer_indices
 from utils.errors import UserError
 
 LAYER_NAMES: dict[int, str] = {
@@ -230,16 +230,6 @@ class Selector(nn.Module):
         return self.net(x)
 
 
-def check_layer_indices(layer_indices: Sequence[int]) -> tuple[int, ...]:
-    """Distinct ints from LAYER_INDICES, order kept; UserError otherwise."""
-    indices = tuple(layer_indices)
-    bad = [i for i in indices if isinstance(i, bool) or not isinstance(i, int) or i not in LAYER_INDICES]
-    if not indices or bad or len(set(indices)) != len(indices):
-        raise UserError(f"layer indices {list(indices)} are invalid: give distinct integers from 0..7 "
-                        f"({', '.join(f'{k}={v}' for k, v in LAYER_NAMES.items())})")
-    return indices
-
-
 def pool_features(output: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> global average (B, C); (B, d) unchanged. Never squeezes the batch dim."""
     return output.mean(dim=(2, 3)) if output.dim() == 4 else output.flatten(1)
@@ -257,7 +247,7 @@ class ResidualFeatureNet(nn.Module):
     def __init__(self, encoder: ResidualEncoder, layer_indices: Sequence[int], use_selectors: bool):
         super().__init__()
         self.encoder = encoder
-        self.layer_indices = check_layer_indices(layer_indices)
+        self.layer_indices = check_layer_indices(layer_indices, LAYER_NAMES)
         self.use_selectors = use_selectors
         self.deepest = max(self.layer_indices)
         shapes = encoder_layer_shapes(encoder)

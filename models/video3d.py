@@ -35,6 +35,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from models.layers import check_layer_indices
 from utils.errors import UserError
 
 LAYER_NAMES: dict[int, str] = {0: "conv_1", 1: "conv_2", 2: "conv_3", 3: "conv_4", 4: "conv_5", 5: "tdl_1", 6: "tdl_2"}
@@ -222,16 +223,6 @@ class VideoDecoder(nn.Module):
         return self.to_rgb(self.blocks(self.to_volume(h)))
 
 
-def _check_heads(layer_indices: Sequence[int]) -> list[int]:
-    indices = [int(i) for i in layer_indices]
-    if not indices:
-        raise UserError("give at least one head index (0..6) for the one-class objective")
-    bad = [i for i in indices if i not in LAYER_NAMES]
-    if bad or len(set(indices)) != len(indices):
-        raise UserError(f"head indices must be distinct values in 0..6 ({LAYER_NAMES}), got {indices}")
-    return indices
-
-
 class VideoAutoencoder(nn.Module):
     """Encoder + decoder + one LSTM (and optionally one selector) per selected head.
 
@@ -258,7 +249,7 @@ class VideoAutoencoder(nn.Module):
         if len(input_shape) != 4 or min(input_shape) < 1:
             raise UserError(f"input shape must be (C, T, H, W) with positive sizes, got {tuple(input_shape)}")
         self.input_shape = tuple(int(s) for s in input_shape)
-        self.layer_indices = _check_heads(layer_indices)
+        self.layer_indices = list(check_layer_indices([int(i) for i in layer_indices], LAYER_NAMES))
         self.use_selectors = bool(use_selectors)
         self.encoder = VideoEncoder(self.input_shape, code_length)
         self.decoder = VideoDecoder(self.input_shape, code_length, authors_reshape)

@@ -18,7 +18,7 @@ from models.residual2d import ResidualAutoencoder, ResidualFeatureNet
 from models.video3d import VideoAutoencoder
 from trainers import batched
 from trainers import scoring
-from trainers.end_to_end import EndToEndModel, end_to_end_loss, initial_centroids
+from trainers.end_to_end import end_to_end_loss, initial_centroids
 from trainers.objective import MultiLayerObjective, compute_centroids
 from trainers.one_class import OneClassModel, one_class_step
 from trainers.scoring import score_and_evaluate, score_tensors
@@ -78,7 +78,7 @@ def test_video_core_on_one_device(boundary):
     net = VideoAutoencoder((3, 4, 8, 8), 16, hidden_size=8, layer_indices=[4, 6]).to(META)
     clips = cpu_batches(2, (3, 4, 8, 8))
     centers = initial_centroids(net, lambda gen: clips[0], 2, seed=0)
-    model = EndToEndModel(net, MultiLayerObjective(centers, boundary, 0.1, layer_reduction="sum"))
+    model = OneClassModel(net, MultiLayerObjective(centers, boundary, 0.1, layer_reduction="sum"))
     out = end_to_end_loss(model, batch_placer(META)(clips[1]))
     out.total.backward()
     model.objective.update_radii(out.distances)

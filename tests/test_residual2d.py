@@ -149,5 +149,5 @@ def test_feature_net_batch_of_one_and_training():
 
 @pytest.mark.parametrize("bad", [[], [8], [-1], [1, 1], [0.5], ["3"]])
 def test_bad_layer_indices(encoder64, bad):
-    with pytest.raises(UserError, match="0..7"):
+    with pytest.raises(ValueError, match="0=conv, .* 7=code"):
         ResidualFeatureNet(encoder64, bad, use_selectors=False)

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from trainers.engine import StageSettings, fit
-from trainers.objective import MultiLayerObjective, compute_centroids, reconstruction_errors, reconstruction_loss
+from trainers.objective import compute_centroids, reconstruction_errors, reconstruction_loss
+from trainers.one_class import OneClassModel
 from trainers.pretrain import epoch_generator
 from trainers.scoring import clip_scores_to_frame_scores, combine_scores, frame_auc, minmax_normalise
 from utils.runtime import batch_placer, module_device
@@ -36,15 +37,6 @@ class HeadFeatures(nn.Module):
         return self.model(x)[1]
 
 
-class EndToEndModel(nn.Module):
-    """Video autoencoder + objective as one checkpointable module."""
-
-    def __init__(self, net: nn.Module, objective: MultiLayerObjective):
-        super().__init__()
-        self.net = net
-        self.objective = objective
-
-
 class EndToEndLoss(NamedTuple):
     """The training loss of one clip batch, its two parts, and the per-head distances (for the radii)."""
 
@@ -54,7 +46,7 @@ class EndToEndLoss(NamedTuple):
     distances: dict[int, Tensor]
 
 
-def end_to_end_loss(model: EndToEndModel, x: Tensor, recon_weight: float = 1.0) -> EndToEndLoss:
+def end_to_end_loss(model: OneClassModel, x: Tensor, recon_weight: float = 1.0) -> EndToEndLoss:
     """Multi-layer one-class loss + ``recon_weight`` x reconstruction loss (shared with the benchmarks)."""
     x_rec, feats = model.net(x)
     dist = model.objective.distances(feats)
@@ -72,7 +64,7 @@ def initial_centroids(net: nn.Module, sample: Callable[[torch.Generator | None],
 
 
 def train_end_to_end(
-    model: EndToEndModel,
+    model: OneClassModel,
     sample: Callable[[torch.Generator | None], Tensor],
     n_batches: int,
     settings: StageSettings,
@@ -120,7 +112,7 @@ class VideoScores:
 
 
 @torch.no_grad()
-def score_videos(model: EndToEndModel, clips, labels: list[np.ndarray], batch_size: int,
+def score_videos(model: OneClassModel, clips, labels: list[np.ndarray], batch_size: int,
                  progress: bool = True, max_videos: int | None = None) -> VideoScores:
     """Score every stride-1 window of each test video and evaluate frame-level AUC.
 

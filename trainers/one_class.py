@@ -15,7 +15,8 @@ ONE_CLASS_KIND = "one_class"
 
 
 class OneClassModel(nn.Module):
-    """The feature net and its objective (centroids, radii) as one checkpointable module."""
+    """The feature net and its objective (centroids, radii) as one checkpointable module: the trained
+    encoder of an image model, or a whole video autoencoder trained end to end."""
 
     def __init__(self, net: nn.Module, objective: MultiLayerObjective):
         super().__init__()

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.layers import check_layer_indices
 from trainers.engine import StageSettings
 from trainers.mocca import MOCCA, MethodSettings
 from trainers.scoring import score_and_evaluate
@@ -49,11 +50,10 @@ class ImageExperiment:
 def choose_layers(config: dict[str, Any], valid: Sequence[int]) -> list[int]:
     """-ile as given (any order, no repeats); an empty list means the last layer only (the authors' default)."""
     layers = [int(k) for k in config["idx_list_enc"]] or [int(valid[-1])]
-    bad = [k for k in layers if k not in valid]
-    if bad or len(set(layers)) != len(layers):
-        raise UserError(f"-ile {' '.join(map(str, layers))}: layer indices must be distinct values from "
-                        f"{list(valid)}")
-    return layers
+    try:
+        return list(check_layer_indices(layers, {int(k): str(k) for k in valid}))
+    except ValueError as err:
+        raise UserError(f"-ile {' '.join(map(str, layers))}: {err}") from err
 
 
 def _stage(config: dict[str, Any], name: str, prefix: str) -> StageSettings:

@@ -15,10 +15,11 @@ import torch
 
 from datasets.video import VideoClips, load_split, load_test_set
 from models.video3d import LAYER_NAMES, VideoAutoencoder
-from trainers.end_to_end import (END_TO_END_KIND, EndToEndModel, initial_centroids, score_videos,
+from trainers.end_to_end import (END_TO_END_KIND, initial_centroids, score_videos,
                                  train_end_to_end)
 from trainers.engine import StageSettings
 from trainers.objective import MultiLayerObjective
+from trainers.one_class import OneClassModel
 from trainers.scoring import max_balanced_accuracy
 from trainers.two_stage import choose_layers
 from utils import results
@@ -48,7 +49,7 @@ def remove_bg(config: dict) -> bool | None:
     return {"auto": None, "yes": True, "no": False}[config["remove_background"]]
 
 
-def train(config: dict, run_dir: Path, layers: list[int], device: torch.device, log) -> EndToEndModel:
+def train(config: dict, run_dir: Path, layers: list[int], device: torch.device, log) -> OneClassModel:
     seed = int(config["seed"])
     size = tuple(config["frame_size"])
     log(f"loading {config['dataset']} training videos from {config['data_path']} (decoded once, then cached)")
@@ -65,7 +66,7 @@ def train(config: dict, run_dir: Path, layers: list[int], device: torch.device, 
     net = build_model(arch, layers, float(config["dropout"])).to(device, memory_format=memory_format(5, config["channels_last"]))
     centers = initial_centroids(net, sample, n_centroid, seed)  # from the untrained model (paper IV-C)
     objective = MultiLayerObjective(centers, config["boundary"], float(config["nu"]), config["layer_reduction"])
-    model = EndToEndModel(net, objective).to(device)
+    model = OneClassModel(net, objective).to(device)
     settings = StageSettings("train", epochs=1 if config["debug"] else int(config["epochs"]),
                              learning_rate=float(config["learning_rate"]), weight_decay=float(config["weight_decay"]),
                              milestones=[int(m) for m in config["lr_milestones"]], optimizer=config["optimizer"],
@@ -83,12 +84,12 @@ def train(config: dict, run_dir: Path, layers: list[int], device: torch.device, 
     return model
 
 
-def load_trained(path: Path, device: torch.device) -> EndToEndModel:
+def load_trained(path: Path, device: torch.device) -> OneClassModel:
     ckpt = load_checkpoint(path, END_TO_END_KIND)
     arch = ckpt["arch"]
     layers = [int(k) for k in arch["layers"]]
     dummy = {k: torch.zeros_like(ckpt["state"][f"objective.center_{k}"]) for k in layers}
-    model = EndToEndModel(build_model(arch, layers, 0.0), MultiLayerObjective(dummy, arch["boundary"], arch["nu"]))
+    model = OneClassModel(build_model(arch, layers, 0.0), MultiLayerObjective(dummy, arch["boundary"], arch["nu"]))
     model.load_state_dict(ckpt["state"])
     return model.to(device)
 
@@ -103,7 +104,7 @@ def write_frame_scores(path: Path, scored) -> None:
     write_text(path, buf.getvalue())
 
 
-def test(model: EndToEndModel, config: dict, run_dir: Path, device: torch.device, timings: dict, log) -> dict:
+def test(model: OneClassModel, config: dict, run_dir: Path, device: torch.device, timings: dict, log) -> dict:
     arch_shape = model.net.input_shape
     size = tuple(arch_shape[2:])
     names, videos, labels = load_test_set(config["data_path"], config["dataset"], size, remove_bg(config),
