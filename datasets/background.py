@@ -34,7 +34,6 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from utils.errors import UserError
 
 DEFAULT_THRESHOLD = 128
 DEFAULT_DILATE_ITERATIONS = 5
@@ -67,13 +66,13 @@ RECIPES: dict[str, Recipe] = {
 
 
 def get_recipe(name: str | Recipe) -> Recipe:
-    """The recipe of a name (UserError for an unknown one)."""
+    """The recipe of a name (ValueError for an unknown one)."""
     if isinstance(name, Recipe):
         return name
     try:
         return RECIPES[name]
     except KeyError:
-        raise UserError(f"unknown background recipe '{name}'; use one of {sorted(RECIPES)}") from None
+        raise ValueError(f"unknown background recipe '{name}'; use one of {sorted(RECIPES)}") from None
 
 
 def estimate_background(
@@ -89,10 +88,10 @@ def estimate_background(
         subtractor.apply(np.ascontiguousarray(frame))
         seen += 1
     if seen == 0:
-        raise UserError("cannot estimate a background from a video with no frames; check the input video")
+        raise ValueError("cannot estimate a background from a video with no frames; check the input video")
     background = subtractor.getBackgroundImage()
     if background is None:
-        raise UserError("OpenCV MOG2 returned no background image; check that the frames are 8-bit colour images")
+        raise ValueError("OpenCV MOG2 returned no background image; check that the frames are 8-bit colour images")
     return background
 
 
@@ -141,7 +140,7 @@ def remove_background(
     spec = get_recipe(recipe)
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise UserError(
+        raise ValueError(
             f"remove_background expects a (T, H, W, 3) uint8 video, got shape {frames.shape} dtype {frames.dtype}"
         )
     background = estimate_background(frames, spec.mog2_history(len(frames)), spec.detect_shadows)

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from utils.errors import UserError
 from utils.io import cache_dir, cache_key, cached_array
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -68,7 +67,7 @@ def preprocess(images_uint8_nhwc: np.ndarray, normal_class: int) -> Tensor:
 def check_class(normal_class: int) -> None:
     if not 0 <= normal_class < len(CIFAR10_CLASSES):
         names = ", ".join(f"{i}={n}" for i, n in enumerate(CIFAR10_CLASSES))
-        raise UserError(f"normal class must be an index 0-9 ({names}), got {normal_class}")
+        raise ValueError(f"normal class must be an index 0-9 ({names}), got {normal_class}")
 
 
 def _extract(archive: Path) -> Path:
@@ -85,7 +84,7 @@ def _extract(archive: Path) -> Path:
             with tarfile.open(archive) as tar:
                 tar.extractall(tmp, filter="data")
         except (tarfile.TarError, OSError, EOFError) as err:
-            raise UserError(f"cannot extract {archive}: {err}") from err
+            raise ValueError(f"cannot extract {archive}: {err}") from err
         tmp.rename(target)
     return target
 
@@ -97,10 +96,10 @@ def _is_folder_root(p: Path) -> bool:
 def resolve_layout(path: Path) -> tuple[str, Path]:
     """Return ('pickle', root holding cifar-10-batches-py) or ('folder', root holding train/ and test/)."""
     if not path.exists():
-        raise UserError(f"data path {path} does not exist: point -dp at a CIFAR-10 root (or add --download)")
+        raise FileNotFoundError(f"data path {path} does not exist: point -dp at a CIFAR-10 root (or add --download)")
     if path.is_file():
         if not path.name.endswith(ARCHIVE_SUFFIXES):
-            raise UserError(f"data path {path} is a file but not a .tar.gz/.tar archive")
+            raise ValueError(f"data path {path} is a file but not a .tar.gz/.tar archive")
         return resolve_layout(_extract(path))
     if (path / "cifar-10-batches-py").is_dir():
         return "pickle", path
@@ -114,21 +113,21 @@ def resolve_layout(path: Path) -> tuple[str, Path]:
     archives = [f for f in sorted(path.iterdir()) if f.is_file() and f.name.endswith(ARCHIVE_SUFFIXES)]
     if len(archives) == 1:
         return resolve_layout(_extract(archives[0]))
-    raise UserError(f"no CIFAR-10 data under {path}: expected cifar-10-batches-py/, train/<class>/ and "
+    raise ValueError(f"no CIFAR-10 data under {path}: expected cifar-10-batches-py/, train/<class>/ and "
                     "test/<class>/ image folders, or one .tar.gz of them (use --download to fetch the official set)")
 
 
 def _decode_folder(folder: Path) -> np.ndarray:
     files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
-        raise UserError(f"no images in {folder}")
+        raise ValueError(f"no images in {folder}")
     out = np.empty((len(files), 32, 32, 3), dtype=np.uint8)
     for i, f in enumerate(files):
         img = cv2.imread(str(f), cv2.IMREAD_COLOR)
         if img is None:
-            raise UserError(f"cannot decode image {f}: the file is corrupt or not an image; remove or replace it")
+            raise ValueError(f"cannot decode image {f}: the file is corrupt or not an image; remove or replace it")
         if img.shape[:2] != (32, 32):
-            raise UserError(f"image {f} is {img.shape[1]}x{img.shape[0]}, CIFAR-10 images are 32x32")
+            raise ValueError(f"image {f} is {img.shape[1]}x{img.shape[0]}, CIFAR-10 images are 32x32")
         out[i] = img[:, :, ::-1]  # BGR -> RGB
     return out
 
@@ -136,7 +135,7 @@ def _decode_folder(folder: Path) -> np.ndarray:
 def _folder_class(root: Path, split: str, class_index: int) -> np.ndarray:
     folder = root / split / CIFAR10_CLASSES[class_index]
     if not folder.is_dir():
-        raise UserError(f"missing folder {folder}: an image-folder root needs {split}/<class name>/ for all 10 classes")
+        raise FileNotFoundError(f"missing folder {folder}: an image-folder root needs {split}/<class name>/ for all 10 classes")
     files = sorted(folder.iterdir())
     key = cache_key(folder.resolve(), len(files), max((f.stat().st_mtime for f in files), default=0))
     return cached_array(f"cifar10-{split}-{class_index}", key, lambda: _decode_folder(folder))
@@ -148,9 +147,9 @@ def _load_pickles(root: Path, train: bool, download: bool) -> tuple[np.ndarray, 
     try:
         ds = CIFAR10(str(root), train=train, download=download)
     except RuntimeError as err:
-        raise UserError(f"CIFAR-10 pickles under {root} are missing or corrupt ({err}); fix -dp or add --download") from err
+        raise ValueError(f"CIFAR-10 pickles under {root} are missing or corrupt ({err}); fix -dp or add --download") from err
     except OSError as err:
-        raise UserError(f"CIFAR-10 download into {root} failed ({err}); are you offline? download it elsewhere "
+        raise ValueError(f"CIFAR-10 download into {root} failed ({err}); are you offline? download it elsewhere "
                         "and point -dp at it") from err
     return np.asarray(ds.data), np.asarray(ds.targets)
 
@@ -173,7 +172,7 @@ def load_one_class(data_path: str | Path, normal_class: int, download: bool = Fa
         x_te = np.concatenate(per_class)
         y_te = np.concatenate([np.full(len(a), c) for c, a in enumerate(per_class)])
     if len(x_tr) == 0:
-        raise UserError(f"no training images of class {normal_class} under {data_path}")
+        raise ValueError(f"no training images of class {normal_class} under {data_path}")
     return OneClassData(
         train=preprocess(x_tr, normal_class),
         test=preprocess(x_te, normal_class),

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.errors import UserError
 from utils.io import cache_key, cached_array
 
 # ---------------------------------------------------------------------------------------------
@@ -96,12 +95,12 @@ def category_spec(category: str, texture: bool | None = None,
     official = category in ROTATION_DEGREES
     if official and texture is not None and texture != (category in TEXTURES):
         kind = "a texture" if category in TEXTURES else "an object"
-        raise UserError(f"{category} is {kind} category of MVTec AD: drop --texture/--object")
+        raise ValueError(f"{category} is {kind} category of MVTec AD: drop --texture/--object")
     is_texture = category in TEXTURES if official else bool(texture)
     degrees = tuple(float(d) for d in rotation) if rotation is not None else (
         ROTATION_DEGREES[category] if official else (0.0, 0.0))
     if len(degrees) != 2 or degrees[0] > degrees[1]:
-        raise UserError(f"rotation range {list(degrees)}: give LOW HIGH degrees with LOW <= HIGH")
+        raise ValueError(f"rotation range {list(degrees)}: give LOW HIGH degrees with LOW <= HIGH")
     size = IMAGE_SIZE_TEXTURE if is_texture else IMAGE_SIZE_OBJECT
     return CategorySpec(category, is_texture, size, PATCH_SIZE if is_texture else size, degrees, official)
 
@@ -144,7 +143,7 @@ def load_mvtec(root: str | os.PathLike, category: str | CategorySpec, with_masks
     if spec.official or (folder / "ground_truth").is_dir():
         mask_files = _pair_masks(folder, test_files, test_defects)
     elif with_masks:
-        raise UserError(f"no masks for {folder}: pixel-level results need {folder / 'ground_truth'}/<type>/*_mask.png")
+        raise ValueError(f"no masks for {folder}: pixel-level results need {folder / 'ground_truth'}/<type>/*_mask.png")
     else:
         mask_files = [None] * len(test_files)
 
@@ -181,25 +180,25 @@ def to_model_range(images: torch.Tensor) -> torch.Tensor:
 def _category_folder(root: Path, spec: CategorySpec) -> Path:
     """Check the category folder and its train/good and test folders exist."""
     if not root.is_dir():
-        raise UserError(f"MVTec AD data folder not found: {root} (pass the folder that holds the category folders)")
+        raise FileNotFoundError(f"MVTec AD data folder not found: {root} (pass the folder that holds the category folders)")
     folder = root / spec.name
     if not folder.is_dir() and not spec.official:
-        raise UserError(f"unknown MVTec AD category {spec.name!r}: use one of {', '.join(MVTEC_CATEGORIES)}, or put "
+        raise ValueError(f"unknown MVTec AD category {spec.name!r}: use one of {', '.join(MVTEC_CATEGORIES)}, or put "
                         f"your own data in {folder}/train/good and {folder}/test/<good|defect type>")
     if not folder.is_dir():
         hint = " (it looks like a category folder itself: pass its parent)" if (root / "train").is_dir() else ""
-        raise UserError(f"category folder not found: {folder}{hint}")
+        raise FileNotFoundError(f"category folder not found: {folder}{hint}")
     for sub in ("train/good", "test"):
         if not (folder / sub).is_dir():
-            raise UserError(f"missing folder {folder / sub}: expected the official MVTec AD layout")
+            raise FileNotFoundError(f"missing folder {folder / sub}: expected the official MVTec AD layout")
     return folder
 
 
 def _list_images(folder: Path, suffixes: Sequence[str] = (IMAGE_SUFFIX,)) -> list[Path]:
-    """Sorted image files of ``folder``; UserError when there are none."""
+    """Sorted image files of ``folder``; ValueError when there are none."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(tuple(suffixes)))
     if not files:
-        raise UserError(f"empty folder: no {'/'.join(suffixes)} images in {folder}")
+        raise ValueError(f"empty folder: no {'/'.join(suffixes)} images in {folder}")
     return files
 
 
@@ -208,7 +207,7 @@ def _list_test(folder: Path, suffixes: Sequence[str] = (IMAGE_SUFFIX,)) -> tuple
     test_root = folder / "test"
     defect_dirs = sorted(p for p in test_root.iterdir() if p.is_dir())
     if not defect_dirs:
-        raise UserError(f"empty folder: {test_root} has no good/<defect> sub-folders")
+        raise ValueError(f"empty folder: {test_root} has no good/<defect> sub-folders")
     files: list[Path] = []
     defects: list[str] = []
     for d in defect_dirs:
@@ -223,7 +222,7 @@ def _mask_name(image: Path) -> str:
 
 
 def _pair_masks(folder: Path, test_files: list[Path], defects: list[str]) -> list[Optional[Path]]:
-    """Mask path per test image (None for good ones); UserError for any unpaired image or mask."""
+    """Mask path per test image (None for good ones); ValueError for any unpaired image or mask."""
     gt_root = folder / "ground_truth"
     masks: list[Optional[Path]] = []
     expected: set[Path] = set()
@@ -233,7 +232,7 @@ def _pair_masks(folder: Path, test_files: list[Path], defects: list[str]) -> lis
             continue
         mask = gt_root / defect / _mask_name(image)
         if not mask.is_file():
-            raise UserError(f"defect image {image} has no mask: expected {mask}")
+            raise ValueError(f"defect image {image} has no mask: expected {mask}")
         masks.append(mask)
         expected.add(mask)
     if gt_root.is_dir():
@@ -241,7 +240,7 @@ def _pair_masks(folder: Path, test_files: list[Path], defects: list[str]) -> lis
             for mask in sorted(d.iterdir()):
                 if mask.name.lower().endswith(IMAGE_SUFFIX) and mask not in expected:
                     image = folder / "test" / d.name / mask.name.replace(MASK_SUFFIX, IMAGE_SUFFIX)
-                    raise UserError(f"mask {mask} has no test image: expected {image} (remove the mask or restore the image)")
+                    raise ValueError(f"mask {mask} has no test image: expected {image} (remove the mask or restore the image)")
     return masks
 
 
@@ -287,10 +286,10 @@ def _decode_one(path: Path, size: int, grey: bool) -> np.ndarray:
     flags = cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR  # IMREAD_COLOR expands 1-channel files
     image = cv2.imread(str(path), flags)
     if image is None:
-        raise UserError(f"cannot read image {path}: the file is missing, unreadable or not a valid image")
+        raise ValueError(f"cannot read image {path}: the file is missing, unreadable or not a valid image")
     h, w = image.shape[:2]
     if min(h, w) < MIN_IMAGE_SIDE:
-        raise UserError(f"image {path} is {w}x{h}: its short side must be at least {MIN_IMAGE_SIDE} px")
+        raise ValueError(f"image {path} is {w}x{h}: its short side must be at least {MIN_IMAGE_SIDE} px")
     if (h, w) != (size, size):
         image = cv2.resize(image, (size, size), interpolation=RESIZE_INTERPOLATION)
     if grey:

@@ -41,7 +41,6 @@ from datasets.background import (
     get_recipe,
     remove_background,
 )
-from utils.errors import UserError
 from utils.io import atomic_path, cache_dir, cache_key, cached_array
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -80,11 +79,11 @@ FORMATS: dict[str, VideoFormat] = {
 
 
 def get_format(name: str) -> VideoFormat:
-    """The layout description of a dataset name (UserError for an unknown one)."""
+    """The layout description of a dataset name (ValueError for an unknown one)."""
     try:
         return FORMATS[name]
     except KeyError:
-        raise UserError(f"unknown video dataset format '{name}'; use one of {sorted(FORMATS)}") from None
+        raise ValueError(f"unknown video dataset format '{name}'; use one of {sorted(FORMATS)}") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -97,13 +96,13 @@ def _natural_key(name: str) -> list:
 
 
 def list_frame_files(clip_dir: str | os.PathLike) -> list[Path]:
-    """Image files of one clip in temporal (natural) order; UserError when there are none."""
+    """Image files of one clip in temporal (natural) order; ValueError when there are none."""
     clip_dir = Path(clip_dir)
     if not clip_dir.is_dir():
-        raise UserError(f"frame folder {clip_dir} does not exist; check the data path")
+        raise FileNotFoundError(f"frame folder {clip_dir} does not exist; check the data path")
     files = [p for p in clip_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
     if not files:
-        raise UserError(f"no image files in {clip_dir}; expected frames such as 000.jpg")
+        raise ValueError(f"no image files in {clip_dir}; expected frames such as 000.jpg")
     return sorted(files, key=lambda p: _natural_key(p.name))
 
 
@@ -116,7 +115,7 @@ def _check_size(size: Sequence[int] | None) -> tuple[int, int] | None:
     if size is None:
         return None
     if len(size) != 2 or any(int(s) <= 0 for s in size):
-        raise UserError(f"frame size must be two positive integers (H W), got {list(size)}")
+        raise ValueError(f"frame size must be two positive integers (H W), got {list(size)}")
     return int(size[0]), int(size[1])
 
 
@@ -134,17 +133,17 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """One frame as (H, W, 3) uint8 in cv2's BGR order; UserError when it cannot be decoded."""
+    """One frame as (H, W, 3) uint8 in cv2's BGR order; ValueError when it cannot be decoded."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise UserError(f"cannot decode image {path}; the file is missing or corrupt")
+        raise ValueError(f"cannot decode image {path}; the file is missing or corrupt")
     return image
 
 
 def _stack_frames(frames: list[np.ndarray], where: str) -> np.ndarray:
     shapes = {f.shape for f in frames}
     if len(shapes) != 1:
-        raise UserError(f"frames of {where} have different sizes {sorted(shapes)}; all frames of a video must match")
+        raise ValueError(f"frames of {where} have different sizes {sorted(shapes)}; all frames of a video must match")
     return np.stack(frames)
 
 
@@ -233,14 +232,14 @@ def video_dirs(root: str | os.PathLike, fmt: str, split: str) -> list[tuple[str,
     """(clip name, frame folder) of every video of a split, in sorted clip order."""
     spec = get_format(fmt)
     if split not in ("training", "testing"):
-        raise UserError(f"split must be 'training' or 'testing', got '{split}'")
+        raise ValueError(f"split must be 'training' or 'testing', got '{split}'")
     base = Path(root) / split / spec.frames_subdir
     if not base.is_dir():
         hint = " (run `python -m tools.preprocess_video` first)" if fmt == "shanghaitech" else ""
-        raise UserError(f"{base} not found: the {fmt} layout expects {split}/{spec.frames_subdir}/<clip>/*.jpg{hint}")
+        raise FileNotFoundError(f"{base} not found: the {fmt} layout expects {split}/{spec.frames_subdir}/<clip>/*.jpg{hint}")
     dirs = sorted((d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
     if not dirs:
-        raise UserError(f"no clip folders in {base}")
+        raise ValueError(f"no clip folders in {base}")
     return [(d.name, d) for d in dirs]
 
 
@@ -277,9 +276,9 @@ def _as_label_vector(labels: np.ndarray, where: str) -> np.ndarray:
     if labels.ndim == 2 and 1 in labels.shape:
         labels = labels.ravel()
     if labels.ndim != 1:
-        raise UserError(f"labels in {where} must be a 1-D array of 0/1 per frame, got shape {labels.shape}")
+        raise ValueError(f"labels in {where} must be a 1-D array of 0/1 per frame, got shape {labels.shape}")
     if labels.size and not np.isin(np.unique(labels), (0, 1)).all():
-        raise UserError(f"labels in {where} must be 0 (normal) or 1 (abnormal), found values {np.unique(labels)[:5]}")
+        raise ValueError(f"labels in {where} must be 0 (normal) or 1 (abnormal), found values {np.unique(labels)[:5]}")
     return labels.astype(np.uint8)
 
 
@@ -294,18 +293,18 @@ def read_mat_intervals(path: str | os.PathLike) -> list[np.ndarray]:
     try:
         mat = scipy.io.loadmat(str(path))
     except Exception as err:  # scipy raises several types for non-.mat files
-        raise UserError(f"cannot read {path} as a MATLAB file ({err}); give a UCSD ped2.mat or a .npy") from None
+        raise ValueError(f"cannot read {path} as a MATLAB file ({err}); give a UCSD ped2.mat or a .npy") from None
     keys = [k for k in mat if not k.startswith("__")]
     key = "gt" if "gt" in mat else (keys[0] if len(keys) == 1 else None)
     if key is None:
-        raise UserError(f"{path} has variables {keys}; expected 'gt' with abnormal intervals per test clip")
+        raise ValueError(f"{path} has variables {keys}; expected 'gt' with abnormal intervals per test clip")
     intervals = []
     for cell in np.asarray(mat[key], dtype=object).ravel():
         arr = np.asarray(cell, dtype=np.int64)
         if arr.ndim == 2 and arr.shape[0] != 2 and arr.shape[1] == 2:
             arr = arr.T
         if arr.ndim != 2 or arr.shape[0] != 2:
-            raise UserError(f"{path}: each clip entry must be a 2 x K array of [first; last] frames, got {arr.shape}")
+            raise ValueError(f"{path}: each clip entry must be a 2 x K array of [first; last] frames, got {arr.shape}")
         intervals.append(arr)
     return intervals
 
@@ -315,7 +314,7 @@ def intervals_to_labels(intervals: np.ndarray, n_frames: int, clip: str = "?") -
     labels = np.zeros(n_frames, dtype=np.uint8)
     for first, last in np.asarray(intervals).T:
         if not 1 <= first <= last <= n_frames:
-            raise UserError(
+            raise ValueError(
                 f"test clip {clip}: abnormal interval [{first}, {last}] does not fit its {n_frames} frames; "
                 "the label file does not match the frames on disk"
             )
@@ -331,7 +330,7 @@ def _clip_positions(clip_names: Sequence[str], n_full: int) -> list[int]:
     positions = []
     for name in clip_names:
         if not name.isdigit() or not 1 <= int(name) <= n_full:
-            raise UserError(
+            raise ValueError(
                 f"only {len(clip_names)} of the {n_full} test clips are on disk and clip '{name}' has no official "
                 f"number 01..{n_full:02d} in its name; rename it or give labels for exactly the clips on disk"
             )
@@ -346,7 +345,7 @@ def _split_concatenated(
         bounds = np.cumsum([0, *n_frames])
         return [labels[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     if full_lengths is None or sum(full_lengths) != len(labels):
-        raise UserError(
+        raise ValueError(
             f"the label array has {len(labels)} frames but the {len(clip_names)} test clips on disk have "
             f"{sum(n_frames)}; give the label file of exactly this test set (or the official full-set file "
             "for ped2/avenue)"
@@ -385,11 +384,11 @@ def labels_for_clips(
     else:
         missing = [c for c in clip_names if c not in per_clip]
         if missing:
-            raise UserError(f"no labels for test clip(s) {missing[:5]}; add their frame masks")
+            raise ValueError(f"no labels for test clip(s) {missing[:5]}; add their frame masks")
         result = [_as_label_vector(per_clip[c], f"clip {c}") for c in clip_names]
     for name, n, labels in zip(clip_names, n_frames, result):
         if len(labels) != n:
-            raise UserError(f"test clip {name} has {n} frames but {len(labels)} labels; the label file does not match")
+            raise ValueError(f"test clip {name} has {n} frames but {len(labels)} labels; the label file does not match")
     return result
 
 
@@ -397,14 +396,14 @@ def _load_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path)
     except Exception as err:  # numpy raises ValueError, OSError, EOFError, UnpicklingError...
-        raise UserError(f"cannot read labels from {path} ({err}); expected a .npy array or ped2-style .mat") from None
+        raise ValueError(f"cannot read labels from {path} ({err}); expected a .npy array or ped2-style .mat") from None
 
 
 def _find_label_file(root: Path, spec: VideoFormat, labels_path: str | os.PathLike | None) -> Path:
     if labels_path is not None:
         path = Path(labels_path)
         if not path.is_file():
-            raise UserError(f"label file {path} does not exist")
+            raise FileNotFoundError(f"label file {path} does not exist")
         return path
     candidates = [root / f"frame_labels_{spec.labels_stem}.npy"]
     if spec.name == "ped2":  # UCSD's interval file; Avenue's official .mat files hold pixel masks instead
@@ -412,7 +411,7 @@ def _find_label_file(root: Path, spec: VideoFormat, labels_path: str | os.PathLi
     for path in candidates:
         if path.is_file():
             return path
-    raise UserError(f"no test labels found (looked for {', '.join(map(str, candidates))}); pass --labels <file>")
+    raise ValueError(f"no test labels found (looked for {', '.join(map(str, candidates))}); pass --labels <file>")
 
 
 def load_test_labels(
@@ -427,7 +426,7 @@ def load_test_labels(
     if fmt == "shanghaitech" and labels_path is None:
         mask_dir = root / "testing" / "test_frame_mask"
         if not mask_dir.is_dir():
-            raise UserError(f"{mask_dir} not found: ShanghaiTech labels are testing/test_frame_mask/<clip>.npy")
+            raise FileNotFoundError(f"{mask_dir} not found: ShanghaiTech labels are testing/test_frame_mask/<clip>.npy")
         masks = {c: _load_npy(mask_dir / f"{c}.npy") for c in clip_names if (mask_dir / f"{c}.npy").is_file()}
         return labels_for_clips(clip_names, n_frames, per_clip=masks)
     path = _find_label_file(root, spec, labels_path)
@@ -477,9 +476,9 @@ class VideoClips:
         self, videos: Sequence[np.ndarray], clip_length: int = CLIP_LENGTH, names: Sequence[str] | None = None
     ):
         if clip_length < 1:
-            raise UserError(f"clip length must be positive, got {clip_length}")
+            raise ValueError(f"clip length must be positive, got {clip_length}")
         if not videos:
-            raise UserError("no videos given")
+            raise ValueError("no videos given")
         self.names = list(names) if names is not None else [str(i) for i in range(len(videos))]
         if len(self.names) != len(videos):
             raise ValueError("names and videos must have the same length")
@@ -492,14 +491,14 @@ class VideoClips:
 
     def _check_video(self, video: np.ndarray, name: str) -> np.ndarray:
         if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
-            raise UserError(f"video {name} must be (T, H, W, 3) uint8, got {video.shape} {video.dtype}")
+            raise ValueError(f"video {name} must be (T, H, W, 3) uint8, got {video.shape} {video.dtype}")
         if len(video) < self.clip_length:
-            raise UserError(
+            raise ValueError(
                 f"video {name} has {len(video)} frames, fewer than the clip length {self.clip_length}; "
                 "remove it or lower the clip length"
             )
         if tuple(video.shape[1:3]) != self._frame_shape:
-            raise UserError(
+            raise ValueError(
                 f"video {name} is {video.shape[1:3]} but earlier videos are {self._frame_shape}; resize them"
             )
         return video
@@ -543,11 +542,11 @@ class VideoClips:
 # --------------------------------------------------------------------------------------------------
 
 def read_video(path: str | os.PathLike) -> np.ndarray:
-    """All frames of a video file as (T, H, W, 3) uint8 BGR; UserError when it cannot be read."""
+    """All frames of a video file as (T, H, W, 3) uint8 BGR; ValueError when it cannot be read."""
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():
-            raise UserError(f"cannot open video {path}; the file is missing, corrupt or in an unsupported codec")
+            raise ValueError(f"cannot open video {path}; the file is missing, corrupt or in an unsupported codec")
         frames = []
         while True:
             ok, frame = capture.read()
@@ -557,7 +556,7 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
     finally:
         capture.release()
     if not frames:
-        raise UserError(f"video {path} has no readable frames; it is corrupt or in an unsupported codec")
+        raise ValueError(f"video {path} has no readable frames; it is corrupt or in an unsupported codec")
     return _stack_frames(frames, str(path))
 
 
@@ -587,7 +586,7 @@ def write_clip_atomically(frames_bgr: np.ndarray, out_dir: Path, jpeg_quality: i
         width = max(3, len(str(len(frames_bgr) - 1)))
         for i, frame in enumerate(frames_bgr):
             if not cv2.imwrite(str(tmp / f"{i:0{width}d}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]):
-                raise UserError(f"cannot write frames into {out_dir.parent}; check free space and permissions")
+                raise ValueError(f"cannot write frames into {out_dir.parent}; check free space and permissions")
         os.replace(tmp, out_dir)
     finally:
         if tmp.exists():
@@ -598,21 +597,21 @@ def _official_sources(src: Path) -> tuple[list[Path], list[Path]]:
     train_dir, test_dir = src / "training" / "videos", src / "testing" / "frames"
     for folder in (train_dir, test_dir, src / "testing" / "test_frame_mask"):
         if not folder.is_dir():
-            raise UserError(f"{folder} not found: --src must be the official ShanghaiTech root")
+            raise FileNotFoundError(f"{folder} not found: --src must be the official ShanghaiTech root")
     videos = sorted(p for p in train_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
     tests = sorted(d for d in test_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not videos or not tests:
-        raise UserError(f"{src} holds {len(videos)} training videos and {len(tests)} test clips; need both")
+        raise ValueError(f"{src} holds {len(videos)} training videos and {len(tests)} test clips; need both")
     return videos, tests
 
 
 def _copy_mask(src: Path, dst_dir: Path, clip: str, n_frames: int) -> None:
     mask_path = src / "testing" / "test_frame_mask" / f"{clip}.npy"
     if not mask_path.is_file():
-        raise UserError(f"{mask_path} not found: every test clip needs its frame mask")
+        raise FileNotFoundError(f"{mask_path} not found: every test clip needs its frame mask")
     mask = _as_label_vector(_load_npy(mask_path), str(mask_path))
     if len(mask) != n_frames:
-        raise UserError(f"{mask_path} has {len(mask)} labels but test clip {clip} has {n_frames} frames")
+        raise ValueError(f"{mask_path} has {len(mask)} labels but test clip {clip} has {n_frames} frames")
     with atomic_path(dst_dir / f"{clip}.npy") as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, _load_npy(mask_path))

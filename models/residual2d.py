@@ -19,7 +19,6 @@ import torch
 import torch.nn as nn
 
 from models.layers import check_layer_indices
-from utils.errors import UserError
 
 LAYER_NAMES: dict[int, str] = {
     0: "conv",  # Conv2d 3->32, 3x3, no padding; raw output (no BN, no activation)
@@ -93,7 +92,7 @@ class UpsampleBlock(ResidualOp):
 def _check_input_size(input_size: int) -> None:
     """The decoder can only rebuild sizes that are multiples of 8 (three x2 upsamplings)."""
     if not isinstance(input_size, int) or input_size < DOWNSAMPLING or input_size % DOWNSAMPLING:
-        raise UserError(f"input size {input_size!r} is not supported: use a multiple of {DOWNSAMPLING} (128 objects, 64 texture patches)")
+        raise ValueError(f"input size {input_size!r} is not supported: use a multiple of {DOWNSAMPLING} (128 objects, 64 texture patches)")
 
 
 class ResidualEncoder(nn.Module):

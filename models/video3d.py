@@ -36,7 +36,6 @@ import torch
 from torch import nn
 
 from models.layers import check_layer_indices
-from utils.errors import UserError
 
 LAYER_NAMES: dict[int, str] = {0: "conv_1", 1: "conv_2", 2: "conv_3", 3: "conv_4", 4: "conv_5", 5: "tdl_1", 6: "tdl_2"}
 # The authors' dictionary keys for the same heads (for reading their logs / result tables).
@@ -247,7 +246,7 @@ class VideoAutoencoder(nn.Module):
     ):
         super().__init__()
         if len(input_shape) != 4 or min(input_shape) < 1:
-            raise UserError(f"input shape must be (C, T, H, W) with positive sizes, got {tuple(input_shape)}")
+            raise ValueError(f"input shape must be (C, T, H, W) with positive sizes, got {tuple(input_shape)}")
         self.input_shape = tuple(int(s) for s in input_shape)
         self.layer_indices = list(check_layer_indices([int(i) for i in layer_indices], LAYER_NAMES))
         self.use_selectors = bool(use_selectors)
@@ -287,7 +286,7 @@ class VideoAutoencoder(nn.Module):
 
     def forward(self, clip: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         if tuple(clip.shape[1:]) != self.input_shape:
-            raise UserError(f"clip shape {tuple(clip.shape[1:])} does not match the model input {self.input_shape}")
+            raise ValueError(f"clip shape {tuple(clip.shape[1:])} does not match the model input {self.input_shape}")
         outputs = self.encoder(clip)
         return self.decoder(outputs[6]), self.heads(outputs)
 

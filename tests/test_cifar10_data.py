@@ -13,7 +13,7 @@ from datasets.cifar10 import (
     resolve_layout,
 )
 from tests.cifar_fixtures import make_cifar_folder
-from utils.errors import UserError
+from utils.errors import USER_ERRORS
 
 
 @pytest.fixture(autouse=True)
@@ -73,12 +73,12 @@ def test_bad_data_paths_are_user_errors(tmp_path, problem, match):
     if problem == "corrupt":
         make_cifar_folder(root, n_train=2, n_test=1)
         (root / "train" / "airplane" / "0000.png").write_bytes(b"not a png")
-    with pytest.raises(UserError, match=match):
+    with pytest.raises(USER_ERRORS, match=match):
         load_one_class(root, 0)
 
 
 def test_wrong_class_index():
-    with pytest.raises(UserError, match="0-9"):
+    with pytest.raises(USER_ERRORS, match="0-9"):
         load_one_class("/nonexistent", 10)
 
 
@@ -89,11 +89,11 @@ def test_download_fails_clearly_offline(tmp_path, monkeypatch):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
-    with pytest.raises(UserError, match="offline"):
+    with pytest.raises(USER_ERRORS, match="offline"):
         load_one_class(tmp_path / "dl", 0, download=True)
 
 
 def test_no_download_without_the_flag(tmp_path):
-    with pytest.raises(UserError):
+    with pytest.raises(USER_ERRORS):
         load_one_class(tmp_path, 0)
     assert not any(tmp_path.iterdir())  # nothing fetched or written

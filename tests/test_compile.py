@@ -13,7 +13,6 @@ from trainers.two_stage import _stage
 from utils.batching import TensorSource
 from utils.checkpoint import load_checkpoint
 from utils.cli import cifar10_parser, resolve_config, video_parser
-from utils.errors import UserError
 
 
 def tiny_run(checkpoint: Path, compile: bool) -> list[float]:
@@ -52,6 +51,6 @@ def test_missing_cxx_compiler_is_a_user_error(tmp_path, monkeypatch):
     torch._dynamo.reset()  # no frame compiled by an earlier test may be reused
     monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
     monkeypatch.setattr(inductor_config, "force_disable_caches", True)
-    with pytest.raises(UserError, match="--compile: torch.compile failed .*run without --compile"):
+    with pytest.raises(ValueError, match="--compile: torch.compile failed .*run without --compile"):
         tiny_run(tmp_path / "broken.pt", compile=True)
     torch._dynamo.reset()

@@ -17,7 +17,7 @@ from datasets.mvtec import (
     random_rotate, rotate, rotated_crop, to_model_range, train_batch_transform,
 )
 from tests.mvtec_fixtures import make_mvtec_category
-from utils.errors import UserError
+from utils.errors import USER_ERRORS
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mvtec"
 
@@ -107,7 +107,7 @@ def test_to_model_range():
 
 
 def _error(root, category="bottle") -> str:
-    with pytest.raises(UserError) as info:
+    with pytest.raises(USER_ERRORS) as info:
         load_mvtec(root, category)
     message = str(info.value)
     assert "\n" not in message
@@ -199,7 +199,7 @@ def test_extract_patches_round_trip():
     b, r, c = 1, 2, 5  # documented order: image-major, then row-major over the 8x8 grid
     assert torch.equal(patches[b * 64 + r * 8 + c], images[b, :, r * 64:(r + 1) * 64, c * 64:(c + 1) * 64])
     assert torch.equal(assemble_patches(patches), images)
-    with pytest.raises(ValueError):
+    with pytest.raises(USER_ERRORS):
         extract_patches(torch.zeros(1, 3, 100, 100))
 
 

@@ -48,3 +48,5 @@ def test_facade_checks_what_it_is_given(tmp_path):
     with pytest.raises(ValueError, match="another architecture"):
         other.load_model(tmp_path / "m.pt")
     assert MOCCA.load(tmp_path / "m.pt").settings.layers == [0, 1, 2, 3]
+    with pytest.raises(FileNotFoundError, match="not found"):  # ordinary exceptions for Python users
+        MOCCA.load(tmp_path / "missing.pt")

@@ -9,7 +9,6 @@ from models.residual2d import (
     LAYER_INDICES, LAYER_NAMES, ResidualAutoencoder, ResidualEncoder, ResidualFeatureNet, Selector,
     count_parameters, layer_shapes,
 )
-from utils.errors import UserError
 
 # Section 3.2 of the reference notes (code_length 64).
 TABLE = {
@@ -76,7 +75,7 @@ def test_autoencoder_output_shape(size):
 
 
 def test_bad_input_size():
-    with pytest.raises(UserError, match="multiple of 8"):
+    with pytest.raises(ValueError, match="multiple of 8"):
         ResidualAutoencoder(100, 64)
 
 

@@ -13,7 +13,6 @@ from models.video3d import (
     encoder_shapes,
 )
 from trainers.objective import reconstruction_errors
-from utils.errors import UserError
 
 SMALL = (3, 16, 32, 64)
 
@@ -146,5 +145,5 @@ def test_bad_heads_and_wrong_clip_shape_are_errors():
     with pytest.raises(ValueError, match=r"\[\] are invalid"):
         VideoAutoencoder(SMALL, 8, layer_indices=[])
     model = VideoAutoencoder(SMALL, 8)
-    with pytest.raises(UserError, match="does not match"):
+    with pytest.raises(ValueError, match="does not match"):
         model(torch.rand(1, 3, 16, 32, 32))

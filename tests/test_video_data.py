@@ -24,7 +24,7 @@ from tools import preprocess_video
 from trainers import video_pipeline
 from trainers.scoring import clip_scores_to_frame_scores
 from utils.cli import video_config
-from utils.errors import UserError
+from utils.errors import USER_ERRORS
 from utils.io import cache_dir, cache_key
 
 
@@ -66,7 +66,7 @@ def test_remove_background_threshold_and_dilation_matter():
 
 
 def test_remove_background_rejects_non_uint8_video():
-    with pytest.raises(UserError, match="uint8"):
+    with pytest.raises(USER_ERRORS, match="uint8"):
         remove_background(np.zeros((4, 8, 8, 3), np.float32))
 
 
@@ -121,7 +121,7 @@ def test_remove_background_default_matches_mog2_defaults_and_recipes_differ():
     native = remove_background(frames, recipe="native")
     np.testing.assert_array_equal(native, native_by_hand(frames, (48, 64)))
     assert not np.array_equal(native, remove_background(frames))
-    with pytest.raises(UserError, match="unknown background recipe"):
+    with pytest.raises(USER_ERRORS, match="unknown background recipe"):
         remove_background(frames, recipe="gabrijp")
 
 
@@ -157,7 +157,7 @@ def test_background_recipe_is_part_of_the_cache_key(tmp_path, monkeypatch):
     V.load_video_frames(tmp_path / "clip", size=(24, 32), remove_bg=False, background_recipe="native")  # no-op
     with pytest.raises(AssertionError, match="decoded"):
         V.load_video_frames(tmp_path / "clip", size=(24, 32), remove_bg=True, background_recipe="native")
-    with pytest.raises(UserError, match="unknown background recipe"):
+    with pytest.raises(USER_ERRORS, match="unknown background recipe"):
         V.load_split(tmp_path, "ped2", "training", size=(24, 32), background_recipe="mog")
 
 
@@ -219,7 +219,7 @@ def test_frames_sorted_naturally_and_corrupt_frame_is_user_error(tmp_path):
         cv2.imwrite(str(folder / f"{i}.jpg"), np.full((8, 8, 3), i * 20, np.uint8))
     assert [p.name for p in V.list_frame_files(folder)] == ["1.jpg", "2.jpg", "10.jpg"]
     (folder / "11.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(UserError, match="11.jpg"):
+    with pytest.raises(USER_ERRORS, match="11.jpg"):
         V.load_video_frames(folder)
 
 
@@ -244,9 +244,9 @@ def test_shanghaitech_frames_only_resized_when_size_differs(tmp_path, monkeypatc
 
 
 def test_missing_layout_is_user_error(tmp_path):
-    with pytest.raises(UserError, match="preprocess"):
+    with pytest.raises(USER_ERRORS, match="preprocess"):
         V.video_dirs(tmp_path, "shanghaitech", "training")
-    with pytest.raises(UserError, match="unknown video dataset"):
+    with pytest.raises(USER_ERRORS, match="unknown video dataset"):
         V.get_format("ucsd")
 
 
@@ -289,7 +289,7 @@ def test_test_windows_in_order_and_every_frame_scored():
 
 
 def test_short_video_is_user_error_naming_it():
-    with pytest.raises(UserError, match="video 07 has 10 frames"):
+    with pytest.raises(USER_ERRORS, match="video 07 has 10 frames"):
         V.VideoClips([_indexed_video(20), _indexed_video(10)], clip_length=16, names=["01", "07"])
 
 
@@ -315,22 +315,22 @@ def test_labels_from_concatenated_npy(tmp_path):
 def test_label_length_mismatch_is_user_error(tmp_path):
     make_frames_dataset(tmp_path, test_lengths=(20, 17), write_labels=False)
     np.save(tmp_path / "frame_labels_ped2.npy", np.zeros(36, np.uint8))
-    with pytest.raises(UserError, match="36 frames"):
+    with pytest.raises(USER_ERRORS, match="36 frames"):
         V.load_test_set(tmp_path, "ped2", size=(12, 16))
-    with pytest.raises(UserError, match="clip 02 has 17 frames but 16 labels"):
+    with pytest.raises(USER_ERRORS, match="clip 02 has 17 frames but 16 labels"):
         V.labels_for_clips(["01", "02"], [20, 17], per_clip={"01": np.zeros(20), "02": np.zeros(16)})
-    with pytest.raises(UserError, match="does not fit"):
+    with pytest.raises(USER_ERRORS, match="does not fit"):
         V.labels_for_clips(["01"], [20], intervals=[np.array([[5], [21]])])
 
 
 def test_missing_or_corrupt_labels_is_user_error(tmp_path):
     make_frames_dataset(tmp_path, write_labels=False)
-    with pytest.raises(UserError, match="--labels"):
+    with pytest.raises(USER_ERRORS, match="--labels"):
         V.load_test_set(tmp_path, "ped2", size=(12, 16))
     (tmp_path / "frame_labels_ped2.npy").write_bytes(b"garbage")
-    with pytest.raises(UserError, match="cannot read labels"):
+    with pytest.raises(USER_ERRORS, match="cannot read labels"):
         V.load_test_set(tmp_path, "ped2", size=(12, 16))
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(USER_ERRORS, match="does not exist"):
         V.load_test_set(tmp_path, "ped2", size=(12, 16), labels_path=tmp_path / "nope.npy")
 
 
@@ -347,7 +347,7 @@ def test_partial_test_set_sliced_with_full_lengths():
     full = np.concatenate([np.full(n, i % 2, np.uint8) for i, n in enumerate((30, 20, 25))])
     labels = V.labels_for_clips(["01", "03"], [30, 25], concatenated=full, full_lengths=(30, 20, 25))
     assert [len(x) for x in labels] == [30, 25] and labels[0].max() == 0 and labels[1].max() == 0
-    with pytest.raises(UserError, match="official number"):
+    with pytest.raises(USER_ERRORS, match="official number"):
         V.labels_for_clips(["a", "b"], [30, 25], concatenated=full, full_lengths=(30, 20, 25))
 
 
@@ -369,7 +369,7 @@ def test_shanghaitech_masks_checked_against_frames(tmp_path):
         assert len(video) == len(y) == info["test"][name]
         np.testing.assert_array_equal(y, info["masks"][name])
     np.save(tmp_path / "testing" / "test_frame_mask" / "02_0128.npy", np.zeros(5, np.uint8))
-    with pytest.raises(UserError, match="02_0128 has 17 frames but 5 labels"):
+    with pytest.raises(USER_ERRORS, match="02_0128 has 17 frames but 5 labels"):
         V.load_test_set(tmp_path, "shanghaitech", size=None)
 
 
@@ -425,7 +425,7 @@ def test_unreadable_video_is_user_error(tmp_path):
     make_official_shanghaitech(src)
     bad = src / "training" / "videos" / "03_001.avi"
     bad.write_bytes(b"this is not a video")
-    with pytest.raises(UserError, match="03_001.avi"):
+    with pytest.raises(USER_ERRORS, match="03_001.avi"):
         V.read_video(bad)
     with pytest.raises(SystemExit) as exit_info:
         preprocess_video.main(["--src", str(src), "--dst", str(tmp_path / "out"), "--size", "32", "48"])
@@ -436,5 +436,5 @@ def test_preprocess_rejects_wrong_mask_length(tmp_path):
     src = tmp_path / "official"
     make_official_shanghaitech(src, train={"01_001": 16}, test={"01_0014": 17})
     np.save(src / "testing" / "test_frame_mask" / "01_0014.npy", np.zeros(3, np.uint8))
-    with pytest.raises(UserError, match="3 labels"):
+    with pytest.raises(USER_ERRORS, match="3 labels"):
         V.preprocess_shanghaitech(src, tmp_path / "out", (32, 48), log=lambda _: None)

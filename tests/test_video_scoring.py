@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from trainers.scoring import clip_scores_to_frame_scores, combine_scores, frame_auc, minmax_normalise
-from utils.errors import UserError
 
 
 def test_frame_score_is_mean_of_windows_containing_it():
@@ -27,9 +26,9 @@ def test_every_frame_covered_for_realistic_lengths():
 
 
 def test_wrong_number_of_clip_scores_is_user_error():
-    with pytest.raises(UserError, match="3 windows"):
+    with pytest.raises(ValueError, match="3 windows"):
         clip_scores_to_frame_scores(np.zeros(4), n_frames=5, clip_length=3)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         clip_scores_to_frame_scores(np.zeros(1), n_frames=2, clip_length=3)
 
 
@@ -37,7 +36,7 @@ def test_minmax_normalise():
     np.testing.assert_allclose(minmax_normalise(np.array([2.0, 4.0, 6.0])), [0.0, 0.5, 1.0])
     constant = minmax_normalise(np.full(4, 3.0))
     assert not np.isnan(constant).any() and (constant == 0).all()
-    with pytest.raises(UserError, match="NaN"):
+    with pytest.raises(ValueError, match="NaN"):
         minmax_normalise(np.array([1.0, np.nan]))
 
 
@@ -47,7 +46,7 @@ def test_combine_scores_one_to_one_per_video():
     both = combine_scores([oc, np.array([1.0, 3.0])], [recon, np.zeros(2)])
     np.testing.assert_allclose(both[0], [0.0, 1.5, 1.5])
     np.testing.assert_allclose(both[1], [0.0, 1.0])  # encoder-only: zero recon adds nothing
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         combine_scores(oc, recon[:2])
 
 
@@ -75,9 +74,9 @@ def test_frame_auc_reports_both_conventions():
 
 
 def test_frame_auc_input_errors():
-    with pytest.raises(UserError, match="both normal"):
+    with pytest.raises(ValueError, match="both normal"):
         frame_auc([np.zeros(3)], [np.zeros(3)])
-    with pytest.raises(UserError, match="3 frame scores but 2"):
+    with pytest.raises(ValueError, match="3 frame scores but 2"):
         frame_auc([np.zeros(3)], [np.array([0, 1])])
-    with pytest.raises(UserError, match="videos"):
+    with pytest.raises(ValueError, match="videos"):
         frame_auc([np.zeros(3)], [])

@@ -19,7 +19,6 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.errors import UserError
 
 # step(batch, epoch) -> (loss () or per run (K,), hook run after optimizer.step() or None,
 #                        extra scalars to log, () or (K,) each, or None)
@@ -48,7 +47,7 @@ def make_optimizer(params: Iterable[nn.Parameter], s: StageSettings) -> torch.op
         return torch.optim.Adam(params, lr=s.learning_rate, weight_decay=s.weight_decay)
     if s.optimizer == "sgd":
         return torch.optim.SGD(params, lr=s.learning_rate, weight_decay=s.weight_decay, momentum=0.9)
-    raise UserError(f"unknown optimizer {s.optimizer!r}: use adam or sgd")
+    raise ValueError(f"unknown optimizer {s.optimizer!r}: use adam or sgd")
 
 
 def compile_in_place(module: nn.Module) -> nn.Module:
@@ -60,20 +59,20 @@ def compile_in_place(module: nn.Module) -> nn.Module:
     try:
         module.compile()
     except RuntimeError as err:  # e.g. a Python version Dynamo does not support
-        raise UserError(f"--compile: torch.compile is unavailable here ({_first_line(err)}); "
+        raise ValueError(f"--compile: torch.compile is unavailable here ({_first_line(err)}); "
                         "run without --compile") from None
     return module
 
 
 @contextmanager
 def compile_errors(enabled: bool) -> Iterator[None]:
-    """Turn a torch.compile failure (raised lazily at the first step) into a one-line UserError."""
+    """Turn a torch.compile failure (raised lazily at the first step) into a one-line error (ValueError)."""
     try:
         yield
     except torch._dynamo.exc.TorchDynamoException as err:
         if not enabled:
             raise
-        raise UserError(f"--compile: torch.compile failed ({type(err).__name__}: {_first_line(err)}); "
+        raise ValueError(f"--compile: torch.compile failed ({type(err).__name__}: {_first_line(err)}); "
                         "run without --compile") from None
 
 
@@ -227,13 +226,13 @@ def fit_runs(
                     extra_sum[name] = extra_sum[name] + v if name in extra_sum else v
                 seen += 1
             if seen == 0:
-                raise UserError(f"[{settings.name}] the training set produced no batch: check the data path and "
+                raise ValueError(f"[{settings.name}] the training set produced no batch: check the data path and "
                                 "batch size")
             losses = [v / seen for v in loss_sum.tolist()]
             bad = [run_labels[r] for r, v in enumerate(losses) if not math.isfinite(v)]
             if bad:
                 where = f" in run(s) {', '.join(bad)}" if k > 1 else ""
-                raise UserError(f"[{settings.name}] loss became {losses[0] if k == 1 else 'non-finite'} at epoch "
+                raise ValueError(f"[{settings.name}] loss became {losses[0] if k == 1 else 'non-finite'} at epoch "
                                 f"{epoch + 1}{where}: lower the learning rate (-lr/-alr) or check the input data; "
                                 "the last good checkpoint is kept")
             lr = optimizer.param_groups[0]["lr"]

@@ -35,7 +35,6 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from torch import Tensor, nn
 
 from trainers.objective import MultiLayerObjective, max_over_patches
-from utils.errors import UserError
 
 
 # ------------------------------------------------------------------------------------------------
@@ -145,7 +144,7 @@ def clip_scores_to_frame_scores(clip_scores: np.ndarray, n_frames: int, clip_len
     scores = np.asarray(clip_scores, dtype=np.float64).ravel()
     expected = n_frames - clip_length + 1
     if clip_length < 1 or expected < 1 or len(scores) != expected:
-        raise UserError(
+        raise ValueError(
             f"a video of {n_frames} frames has {max(expected, 0)} windows of {clip_length} frames, "
             f"but {len(scores)} clip scores were given"
         )
@@ -162,7 +161,7 @@ def minmax_normalise(x: np.ndarray) -> np.ndarray:
         return x.copy()
     low, high = np.min(x), np.max(x)
     if not np.isfinite(low) or not np.isfinite(high):
-        raise UserError("scores contain NaN or infinity; the model diverged or the input is corrupt")
+        raise ValueError("scores contain NaN or infinity; the model diverged or the input is corrupt")
     span = high - low
     return np.zeros_like(x) if span == 0 else (x - low) / span
 
@@ -178,10 +177,10 @@ def combine_scores(
     if isinstance(oc, np.ndarray):
         oc_arr, recon_arr = np.asarray(oc), np.asarray(recon)
         if oc_arr.shape != recon_arr.shape:
-            raise UserError(f"OC scores {oc_arr.shape} and reconstruction scores {recon_arr.shape} differ in shape")
+            raise ValueError(f"OC scores {oc_arr.shape} and reconstruction scores {recon_arr.shape} differ in shape")
         return minmax_normalise(oc_arr) + minmax_normalise(recon_arr)
     if len(oc) != len(recon):
-        raise UserError(f"{len(oc)} videos of OC scores but {len(recon)} of reconstruction scores")
+        raise ValueError(f"{len(oc)} videos of OC scores but {len(recon)} of reconstruction scores")
     return [combine_scores(np.asarray(o), np.asarray(r)) for o, r in zip(oc, recon)]
 
 
@@ -189,12 +188,12 @@ def _checked_pairs(
     per_video_scores: Sequence[np.ndarray], per_video_labels: Sequence[np.ndarray]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     if len(per_video_scores) != len(per_video_labels) or not per_video_scores:
-        raise UserError(f"{len(per_video_scores)} videos of scores but {len(per_video_labels)} of labels")
+        raise ValueError(f"{len(per_video_scores)} videos of scores but {len(per_video_labels)} of labels")
     pairs = []
     for i, (s, y) in enumerate(zip(per_video_scores, per_video_labels)):
         s, y = np.asarray(s, dtype=np.float64).ravel(), np.asarray(y).ravel()
         if len(s) != len(y):
-            raise UserError(f"video {i}: {len(s)} frame scores but {len(y)} frame labels")
+            raise ValueError(f"video {i}: {len(s)} frame scores but {len(y)} frame labels")
         pairs.append((s, y))
     return pairs
 
@@ -211,7 +210,7 @@ def frame_auc(per_video_scores: Sequence[np.ndarray], per_video_labels: Sequence
     scores = np.concatenate([s for s, _ in pairs])
     labels = np.concatenate([y for _, y in pairs])
     if len(np.unique(labels)) != 2:
-        raise UserError("frame AUC needs both normal (0) and abnormal (1) frames in the test labels")
+        raise ValueError("frame AUC needs both normal (0) and abnormal (1) frames in the test labels")
     per_video = [float(roc_auc_score(y, s)) if len(np.unique(y)) == 2 else None for s, y in pairs]
     used = [a for a in per_video if a is not None]
     return {

@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 
-from utils.errors import UserError
 from utils.io import atomic_path
 
 FORMAT_VERSION = 1
@@ -27,21 +26,21 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...], arch: dict[st
     path = Path(path)
     kinds = (kind,) if isinstance(kind, str) else kind
     if not path.is_file():
-        raise UserError(f"checkpoint {path} not found: check -ck / the run folder")
+        raise FileNotFoundError(f"checkpoint {path} not found: check -ck / the run folder")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises many types for truncated or foreign files
-        raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}); it is corrupt or not a checkpoint of this project") from err
+        raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}); it is corrupt or not a checkpoint of this project") from err
     if not isinstance(ckpt, dict) or "kind" not in ckpt:
-        raise UserError(f"checkpoint {path} was not written by this project (no 'kind' field)")
+        raise ValueError(f"checkpoint {path} was not written by this project (no 'kind' field)")
     if ckpt["kind"] not in kinds:
-        raise UserError(f"checkpoint {path} holds a {ckpt['kind']!r} stage, expected {' or '.join(kinds)}")
+        raise ValueError(f"checkpoint {path} holds a {ckpt['kind']!r} stage, expected {' or '.join(kinds)}")
     if arch is not None:
         saved = ckpt.get("arch", {})
         diff = {k: (saved.get(k), v) for k, v in arch.items() if saved.get(k) != v}
         if diff:
             text = ", ".join(f"{k}: checkpoint {a!r} vs this run {b!r}" for k, (a, b) in diff.items())
-            raise UserError(f"checkpoint {path} is for another architecture ({text}); pass matching flags")
+            raise ValueError(f"checkpoint {path} is for another architecture ({text}); pass matching flags")
     return ckpt
 
 

@@ -1,10 +1,16 @@
-"""The one exception type for problems the user can fix (bad path, wrong class, corrupt file).
+"""How bad input reaches the user: library code raises ordinary exceptions, the CLI prints one line.
 
-Entry scripts catch it, print its message on one line and exit with status 2; anything else is a
-bug and keeps its traceback.
+The library (datasets, models, trainers, utils) raises ``ValueError`` for input that cannot be used
+(wrong class, corrupt image, incompatible checkpoint, NaN loss) and ``FileNotFoundError`` for a
+missing path, each with a message that says what to fix; Python users catch those as usual.
+``UserError`` is what the command-line layers (entry scripts, pipelines, tools) raise themselves.
+``exit_on_user_error`` turns all three into ``error: <message>`` on one line and exit status 2;
+any other exception is a bug and keeps its traceback (``MOCCA_TRACEBACK=1`` keeps it for these
+three too, for debugging).
 """
 from __future__ import annotations
 
+import os
 import sys
 from functools import wraps
 from typing import Callable, TypeVar
@@ -15,21 +21,31 @@ EXIT_USER_ERROR = 2
 
 
 class UserError(Exception):
-    """An error caused by the input or the configuration, with a message that says what to fix."""
+    """An error caused by the input or the configuration, raised at the command-line boundary."""
+
+
+USER_ERRORS = (UserError, ValueError, FileNotFoundError)
 
 
 def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
-    """Decorator for entry points: turn a UserError into a one-line message and exit code 2."""
+    """Decorator for entry points: a user-fixable error becomes a one-line message and exit code 2."""
 
     @wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
+        except USER_ERRORS as err:
+            if os.environ.get("MOCCA_TRACEBACK"):
+                raise
+            print(f"error: {_one_line(err)}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
             print("interrupted: rerun with --resume to continue from the last checkpoint", file=sys.stderr)
             sys.exit(130)
 
     return wrapper
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__

@@ -15,7 +15,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from utils.errors import UserError
 from utils.io import write_json, write_text
 
 METRICS_FILE = "metrics.json"
@@ -71,13 +70,13 @@ def check_resume(run_dir: Path, config: Mapping[str, Any]) -> None:
     try:
         saved = yaml.safe_load(saved_path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise UserError(f"--resume: {saved_path} is not valid YAML ({str(err).splitlines()[0]}); "
+        raise ValueError(f"--resume: {saved_path} is not valid YAML ({str(err).splitlines()[0]}); "
                         "rerun without --resume into a new folder") from err
     old, new = result_settings(saved), result_settings(config)
     differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if differ:
         text = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in differ)
-        raise UserError(f"--resume: {run_dir} was started with other settings: {text}; "
+        raise ValueError(f"--resume: {run_dir} was started with other settings: {text}; "
                         "rerun with the original settings, or without --resume into another folder")
 
 
@@ -93,7 +92,7 @@ def tested_checkpoint(path: Path, config: Mapping[str, Any]) -> Path:
         return path
     best = path.with_name(BEST_CHECKPOINT)
     if not best.is_file():
-        raise UserError(f"--test-checkpoint best-loss: no {best}; it is written only when the run trained with "
+        raise ValueError(f"--test-checkpoint best-loss: no {best}; it is written only when the run trained with "
                         "--test-checkpoint best-loss (or pass -ck <that file>)")
     return best
 

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from utils.errors import UserError
 
 
 def set_seed(seed: int, deterministic: bool = False) -> torch.Generator | None:
@@ -40,7 +39,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
+        raise ValueError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
     return torch.device(name)
 
 
