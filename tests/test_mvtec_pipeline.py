@@ -65,6 +65,8 @@ def test_errors(tmp_path, capsys):
     assert "cable" in expect_user_error(main, capsys, ["-ptr", "-nc", "cable", "-dp", str(root), *FAST])
     msg = expect_user_error(main, capsys, ["-ptr", "-nc", "bottle", "-dp", str(root), "-ile", "9", *FAST])
     assert "layer indices" in msg
+    msg = expect_user_error(main, capsys, ["-ptr", "-nc", "bottle", "-dp", str(root), "--image-size", "30", *FAST])
+    assert "multiple of 8" in msg  # a model's ValueError, as one line
 
 
 def test_real_bottle_short_run_detects_anomalies(tmp_path, one_thread):
