@@ -173,42 +173,45 @@ def video(args: argparse.Namespace, device: torch.device) -> list[Row]:
     ``score_videos`` over every stride-1 window of test video 01 (165 clips).
     """
     from datasets.video import VideoClips, load_split, load_test_set
-    from trainers.video_pipeline import build_model, model_arch, remove_bg
-    from utils.cli import video_config
     from trainers.end_to_end import end_to_end_loss, initial_centroids, score_videos, train_end_to_end
+    from trainers.video_pipeline import VideoSettings, build_model, model_arch
+    from utils.cli import video_config
 
     config = video_config(["--dataset", "ped2"])
-    root, size, seed = SHARED / "ped2", tuple(config["frame_size"]), int(config["seed"])
-    bs, n_b, w = int(config["batch_size"]), args.batches, float(config["recon_weight"])
-    names, videos = load_split(root, "ped2", "training", size, remove_bg(config))
-    clips = VideoClips(videos, int(config["clip_length"]), names)
-    arch = model_arch(config, (3, clips.clip_length, *clips.frame_shape))
     layers = [int(i) for i in config["idx_list_enc"]]
+    vs = VideoSettings.from_config(config, layers)
+    root, size, seed = SHARED / "ped2", vs.frame_size, vs.seed
+    bs, n_b, w = vs.batch_size, args.batches, vs.recon_weight
+    names, videos = load_split(root, "ped2", "training", size, vs.remove_background,
+                               background_recipe=vs.background_recipe)
+    clips = VideoClips(videos, vs.clip_length, names)
+    arch = model_arch(vs, (3, clips.clip_length, *clips.frame_shape))
     sample = lambda gen: clips.sample_batch(bs, gen).to(device)  # noqa: E731
 
     def fresh_model() -> OneClassModel:
         torch.manual_seed(seed)
-        net = build_model(arch, layers, float(config["dropout"])).to(device)
+        net = build_model(arch, layers, vs.dropout).to(device)
         centers = initial_centroids(net, sample, n_b, seed)
-        return OneClassModel(net, MultiLayerObjective(centers, config["boundary"], float(config["nu"]))).to(device)
+        return OneClassModel(net, MultiLayerObjective(centers, vs.boundary, vs.nu, vs.layer_reduction)).to(device)
 
     x = torch.rand(bs, *arch["input_shape"], device=device)
     model = fresh_model()
     bare = bare_steps(model.net, lambda b: end_to_end_loss(model, b, w).total, x, n_b, compile=args.compile)
-    settings = StageSettings("train", epochs=2, learning_rate=float(config["learning_rate"]),
-                             weight_decay=float(config["weight_decay"]), optimizer=config["optimizer"],
+    settings = StageSettings("train", epochs=2, learning_rate=vs.stage.learning_rate,
+                             weight_decay=vs.stage.weight_decay, optimizer=vs.stage.optimizer,
                              progress=False, compile=args.compile)
     model = fresh_model()
-    full_arch = {**arch, "layers": layers, "boundary": config["boundary"], "nu": float(config["nu"])}
+    full_arch = {**arch, "layers": layers, "boundary": vs.boundary, "nu": vs.nu}
     run = lambda p: train_end_to_end(model, sample, n_b, settings, 0, p, full_arch, seed,  # noqa: E731
                                      recon_weight=w, log=lambda s: None)
     pipe = pipeline_epoch(run, bs * n_b, device)
     rows = [Row(f"ped2 end-to-end training, clips/s ({bs} x 3x{clips.clip_length}x{size[0]}x{size[1]})", bare, pipe)]
 
-    tbs = int(config["test_batch_size"])
+    tbs = vs.test_batch_size
     bare = bare_steps(model.net, lambda b: model.objective.distances(model.net(b)[1]),
                       torch.rand(tbs, *arch["input_shape"], device=device), n_b, train=False, compile=args.compile)
-    t_names, t_videos, t_labels = load_test_set(root, "ped2", size, remove_bg(config), config["labels"])
+    t_names, t_videos, t_labels = load_test_set(root, "ped2", size, vs.remove_background, vs.labels,
+                                                background_recipe=vs.background_recipe)
     test = VideoClips(t_videos, clips.clip_length, t_names)
     pipe = second_pass(lambda: score_videos(model, test, t_labels, tbs, progress=False, max_videos=1),
                        test.n_windows(0), device)

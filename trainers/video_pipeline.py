@@ -7,8 +7,9 @@ from __future__ import annotations
 import csv
 import io
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,11 +32,68 @@ from utils.runtime import batch_placer, environment, memory_format, pick_device,
 DEBUG_BATCHES = 2
 
 
-def model_arch(config: dict, shape: tuple[int, ...]) -> dict:
-    return {"model": "video3d", "input_shape": list(shape), "code_length": int(config["code_length"]),
-            "hidden_size": int(config["hidden_size"]), "num_layers": int(config["num_layers"]),
-            "bidirectional": bool(config["bidirectional"]), "use_selectors": bool(config["use_selectors"]),
-            "authors_reshape": bool(config["authors_reshape"])}
+@dataclass
+class VideoSettings:
+    """Everything the video pipeline reads, typed and built once from the resolved config."""
+
+    dataset: str
+    data_path: str
+    labels: str | None
+    frame_size: tuple[int, int]
+    remove_background: bool | None  # None: the layout decides (yes for Ped2/Avenue frames)
+    background_recipe: str
+    clip_length: int
+    code_length: int
+    hidden_size: int
+    num_layers: int
+    bidirectional: bool
+    use_selectors: bool
+    authors_reshape: bool
+    dropout: float
+    layers: list[int]
+    boundary: str
+    nu: float
+    layer_reduction: str
+    warm_up_epochs: int
+    recon_weight: float
+    stage: StageSettings
+    batch_size: int
+    clips_per_epoch: int
+    centroid_clips: int
+    test_batch_size: int
+    seed: int
+    channels_last: bool
+    debug: bool
+    resume: bool
+    test_checkpoint: str
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], layers: list[int]) -> "VideoSettings":
+        debug = bool(config["debug"])
+        stage = StageSettings("train", epochs=1 if debug else int(config["epochs"]),
+                              learning_rate=float(config["learning_rate"]), weight_decay=float(config["weight_decay"]),
+                              milestones=[int(m) for m in config["lr_milestones"]], optimizer=config["optimizer"],
+                              progress=not config["no_progress"], amp=bool(config["amp"]), compile=bool(config["compile"]))
+        return cls(
+            dataset=config["dataset"], data_path=config["data_path"], labels=config["labels"],
+            frame_size=tuple(int(v) for v in config["frame_size"]), remove_background=remove_bg(config),
+            background_recipe=config["background_recipe"], clip_length=int(config["clip_length"]),
+            code_length=int(config["code_length"]), hidden_size=int(config["hidden_size"]),
+            num_layers=int(config["num_layers"]), bidirectional=bool(config["bidirectional"]),
+            use_selectors=bool(config["use_selectors"]), authors_reshape=bool(config["authors_reshape"]),
+            dropout=float(config["dropout"]), layers=list(layers), boundary=config["boundary"], nu=float(config["nu"]),
+            layer_reduction=config["layer_reduction"], warm_up_epochs=int(config["warm_up_n_epochs"]),
+            recon_weight=float(config["recon_weight"]), stage=stage, batch_size=int(config["batch_size"]),
+            clips_per_epoch=int(config["clips_per_epoch"]), centroid_clips=int(config["centroid_clips"]),
+            test_batch_size=int(config["test_batch_size"]), seed=int(config["seed"]),
+            channels_last=bool(config["channels_last"]), debug=debug, resume=bool(config["resume"]),
+            test_checkpoint=config["test_checkpoint"])
+
+
+def model_arch(s: VideoSettings, shape: tuple[int, ...]) -> dict:
+    return {"model": "video3d", "input_shape": list(shape), "code_length": s.code_length,
+            "hidden_size": s.hidden_size, "num_layers": s.num_layers, "bidirectional": s.bidirectional,
+            "use_selectors": s.use_selectors, "authors_reshape": s.authors_reshape}
 
 
 def build_model(arch: dict, layers: list[int], dropout: float) -> VideoAutoencoder:
@@ -49,34 +107,24 @@ def remove_bg(config: dict) -> bool | None:
     return {"auto": None, "yes": True, "no": False}[config["remove_background"]]
 
 
-def train(config: dict, run_dir: Path, layers: list[int], device: torch.device, log) -> OneClassModel:
-    seed = int(config["seed"])
-    size = tuple(config["frame_size"])
-    log(f"loading {config['dataset']} training videos from {config['data_path']} (decoded once, then cached)")
-    names, videos = load_split(config["data_path"], config["dataset"], "training", size, remove_bg(config),
-                               background_recipe=config["background_recipe"])
-    clips = VideoClips(videos, int(config["clip_length"]), names)
+def train(s: VideoSettings, run_dir: Path, device: torch.device, log) -> OneClassModel:
+    log(f"loading {s.dataset} training videos from {s.data_path} (decoded once, then cached)")
+    names, videos = load_split(s.data_path, s.dataset, "training", s.frame_size, s.remove_background,
+                               background_recipe=s.background_recipe)
+    clips = VideoClips(videos, s.clip_length, names)
     shape = (3, clips.clip_length, *clips.frame_shape)
-    arch = model_arch(config, shape)
-    bs = int(config["batch_size"])
-    place = batch_placer(device, bool(config["channels_last"]))
-    sample = lambda gen: place(clips.sample_batch(bs, gen))  # noqa: E731
-    n_batches = DEBUG_BATCHES if config["debug"] else max(1, int(config["clips_per_epoch"]) // bs)
-    n_centroid = DEBUG_BATCHES if config["debug"] else max(1, int(config["centroid_clips"]) // bs)
-    net = build_model(arch, layers, float(config["dropout"])).to(device, memory_format=memory_format(5, config["channels_last"]))
-    centers = initial_centroids(net, sample, n_centroid, seed)  # from the untrained model (paper IV-C)
-    objective = MultiLayerObjective(centers, config["boundary"], float(config["nu"]), config["layer_reduction"])
-    model = OneClassModel(net, objective).to(device)
-    settings = StageSettings("train", epochs=1 if config["debug"] else int(config["epochs"]),
-                             learning_rate=float(config["learning_rate"]), weight_decay=float(config["weight_decay"]),
-                             milestones=[int(m) for m in config["lr_milestones"]], optimizer=config["optimizer"],
-                             progress=not config["no_progress"], amp=bool(config["amp"]),
-                             compile=bool(config["compile"]))
-    full_arch = {**arch, "layers": layers, "boundary": config["boundary"], "nu": float(config["nu"])}
-    best = run_dir / results.BEST_CHECKPOINT if config["test_checkpoint"] == "best-loss" else None
-    history = train_end_to_end(model, sample, n_batches, settings, int(config["warm_up_n_epochs"]),
-                               run_dir / results.MODEL_CHECKPOINT, full_arch, seed,
-                               recon_weight=float(config["recon_weight"]), resume=config["resume"], log=log,
+    arch = model_arch(s, shape)
+    place = batch_placer(device, s.channels_last)
+    sample = lambda gen: place(clips.sample_batch(s.batch_size, gen))  # noqa: E731
+    n_batches = DEBUG_BATCHES if s.debug else max(1, s.clips_per_epoch // s.batch_size)
+    n_centroid = DEBUG_BATCHES if s.debug else max(1, s.centroid_clips // s.batch_size)
+    net = build_model(arch, s.layers, s.dropout).to(device, memory_format=memory_format(5, s.channels_last))
+    centers = initial_centroids(net, sample, n_centroid, s.seed)  # from the untrained model (paper IV-C)
+    model = OneClassModel(net, MultiLayerObjective(centers, s.boundary, s.nu, s.layer_reduction)).to(device)
+    full_arch = {**arch, "layers": s.layers, "boundary": s.boundary, "nu": s.nu}
+    best = run_dir / results.BEST_CHECKPOINT if s.test_checkpoint == "best-loss" else None
+    history = train_end_to_end(model, sample, n_batches, s.stage, s.warm_up_epochs, run_dir / results.MODEL_CHECKPOINT,
+                               full_arch, s.seed, recon_weight=s.recon_weight, resume=s.resume, log=log,
                                best_checkpoint=best)
     results.write_history(run_dir / "train_log.csv", history)
     if best is not None:  # test the epoch with the lowest training loss, as the authors' video code
@@ -104,25 +152,25 @@ def write_frame_scores(path: Path, scored) -> None:
     write_text(path, buf.getvalue())
 
 
-def test(model: OneClassModel, config: dict, run_dir: Path, device: torch.device, timings: dict, log) -> dict:
+def test(model: OneClassModel, s: VideoSettings, run_dir: Path, device: torch.device, timings: dict, log) -> dict:
     arch_shape = model.net.input_shape
     size = tuple(arch_shape[2:])
-    names, videos, labels = load_test_set(config["data_path"], config["dataset"], size, remove_bg(config),
-                                          config["labels"], background_recipe=config["background_recipe"])
+    names, videos, labels = load_test_set(s.data_path, s.dataset, size, s.remove_background, s.labels,
+                                          background_recipe=s.background_recipe)
     clips = VideoClips(videos, arch_shape[1], names)
     t0 = time.perf_counter()
-    scored = score_videos(model, clips, labels, int(config["test_batch_size"]),
-                          progress=not config["no_progress"], max_videos=2 if config["debug"] else None)
+    scored = score_videos(model, clips, labels, s.test_batch_size, progress=s.stage.progress,
+                          max_videos=2 if s.debug else None)
     timings["test_s"] = time.perf_counter() - t0
     n_clips = sum(clips.n_windows(v) for v in range(len(scored.names)))
     write_frame_scores(run_dir / results.SCORES_FILE, scored)
     m = scored.metrics
-    metrics = {"dataset": config["dataset"], "class": config["dataset"], "boundary": model.objective.boundary,
-               "layers": model.objective.layer_indices, "nu": model.objective.nu, "seed": int(config["seed"]),
+    metrics = {"dataset": s.dataset, "class": s.dataset, "boundary": model.objective.boundary,
+               "layers": model.objective.layer_indices, "nu": model.objective.nu, "seed": s.seed,
                "auc": m["combined"]["micro"], "auc_per_video_mean": m["combined"]["per_video_mean"],
                "max_ba": max_balanced_accuracy(np.concatenate(scored.labels), np.concatenate(scored.combined)),
                "frame_auc": m, "radii": model.objective.radii(), "n_videos": len(scored.names),
-               "n_frames": int(sum(len(l) for l in scored.labels)), "test_checkpoint": config["test_checkpoint"],
+               "n_frames": int(sum(len(l) for l in scored.labels)), "test_checkpoint": s.test_checkpoint,
                "test_clips_per_s": n_clips / timings["test_s"],
                "timings": timings, "device": str(device), "input_shape": list(arch_shape)}
     results.write_metrics(run_dir, metrics)
@@ -147,14 +195,15 @@ def run_video(config: dict, log: Callable[[str], None] = print) -> dict | None:
     run_dir.mkdir(parents=True, exist_ok=True)
     results.write_config(run_dir, config, environment(device))
     log(f"run folder: {run_dir}")
+    settings = VideoSettings.from_config(config, layers)
     timings: dict[str, float] = {}
     if config["end_to_end"]:
         t0 = time.perf_counter()
-        model = train(config, run_dir, layers, device, log)
+        model = train(settings, run_dir, device, log)
         timings["train_s"] = time.perf_counter() - t0
     else:
         if not config["model_ckp"]:
             raise UserError("-tt without -ee needs -ck <trained checkpoint (model.pt of an earlier run)>")
         model = load_trained(results.tested_checkpoint(Path(config["model_ckp"]), config), device)
-    return test(model, config, run_dir, device, timings, log) if config["test"] else None
+    return test(model, settings, run_dir, device, timings, log) if config["test"] else None
 
