@@ -277,11 +277,11 @@ def _decode_all(files: list[Path], size: int, grey: bool) -> np.ndarray:
     """Decode in a thread pool (cv2 releases the GIL) and stack as (N, C, S, S) uint8."""
     workers = max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        images = list(pool.map(lambda f: _decode_one(f, size, grey), files))
+        images = list(pool.map(lambda f: decode_image(f, size, grey), files))
     return np.stack(images)
 
 
-def _decode_one(path: Path, size: int, grey: bool) -> np.ndarray:
+def decode_image(path: Path, size: int, grey: bool) -> np.ndarray:
     """Read one PNG as RGB (grey-scale files become 3 equal channels) or as one grey channel."""
     flags = cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR  # IMREAD_COLOR expands 1-channel files
     image = cv2.imread(str(path), flags)

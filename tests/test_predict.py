@@ -66,3 +66,21 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(data_root, tmp_path, c
     assert not out.exists()
     missing = ["-ck", str(tmp_path / "m.pt"), str(data_root / "test"), "--out", str(out)]
     assert "not found" in expect_user_error(predict.main, capsys, missing)
+
+
+def test_predict_reproduces_an_mvtec_run_at_a_smaller_input_size(tmp_path):
+    """Objects are decoded at the category's size, then downscaled to the run's --image-size, as in training."""
+    from main_mvtec import main as main_mvtec
+    from tests.mvtec_fixtures import make_mvtec_category
+
+    root = tmp_path / "mvtec"
+    make_mvtec_category(root, "hazelnut", n_train=4, n_good=2, n_defect=2, size=96)
+    run = tmp_path / "run"
+    main_mvtec(["-ptr", "-tr", "-tt", "-nc", "hazelnut", "-dp", str(root), "--image-size", "32", "-ile", "4",
+                "--preset", "cpu", "-ae", "1", "-e", "1", "-bs", "4", "-zl", "16", "--no-progress",
+                "--run-dir", str(run)])
+    rows = predict.main(["-ck", str(run / "model.pt"), str(root / "hazelnut" / "test"), "--out",
+                         str(tmp_path / "p.csv")])
+    want = read(run / "scores.csv")  # test/<defect>/<file> in sorted order, as the loader lists them
+    assert len(rows) == len(want) == 6
+    np.testing.assert_allclose([r["score"] for r in rows], [float(w["score"]) for w in want], rtol=1e-5, atol=1e-6)

@@ -47,7 +47,7 @@ def image_files(inputs: Sequence[str]) -> list[Path]:
 
 
 def read_rgb(path: Path, size: int) -> np.ndarray:
-    """(size, size, 3) uint8 RGB; a file OpenCV cannot decode is an error naming it."""
+    """(size, size, 3) uint8 RGB for CIFAR-10 models; a file OpenCV cannot decode is an error naming it."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise UserError(f"cannot read image {path}: the file is missing, corrupt or not an image")
@@ -70,11 +70,12 @@ def preprocess(files: list[Path], arch: dict, config: dict) -> tuple[torch.Tenso
 
         return cifar_preprocess(np.stack([read_rgb(f, 32) for f in files]), int(config["normal_class"])), None
     if arch["model"] == "residual2d":
-        from datasets.mvtec import PATCHES_PER_IMAGE, category_spec, downscale, extract_patches, to_model_range
+        from datasets.mvtec import (PATCHES_PER_IMAGE, category_spec, decode_image, downscale, extract_patches,
+                                    to_model_range)
 
-        # as main_mvtec: decode at the category's size, then (objects) down to the run's input size
+        # as main_mvtec, with its decoder: the category's size, then (objects) down to the run's input size
         spec = category_spec(str(config["normal_class"]), texture=config.get("texture"))
-        x = torch.from_numpy(np.stack([read_rgb(f, spec.image_size) for f in files])).permute(0, 3, 1, 2)
+        x = torch.from_numpy(np.stack([decode_image(f, spec.image_size, grey=False) for f in files]))
         if not spec.is_texture and int(arch["input_size"]) != spec.image_size:
             x = downscale(x, int(arch["input_size"]))
         x = x.contiguous()
