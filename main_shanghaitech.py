@@ -8,17 +8,25 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
+from models.video3d import LAYER_NAMES
+from trainers.settings import choose_layers, pipeline_settings, video_settings
 from trainers.video_pipeline import run_video
+from utils import results
 from utils.cli import video_config
-from utils.errors import exit_on_user_error
+from utils.errors import UserError, exit_on_user_error
 
 
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> dict | None:
     config = video_config(sys.argv[1:] if argv is None else argv)
+    if config["pretrain"] or config["train"]:
+        raise UserError("video models train in one stage, as in the paper: use -ee (end to end) and -tt, not -ptr/-tr")
     if config["disable_logging"]:
         config["no_progress"] = True
-    return run_video(config, (lambda s: None) if config["disable_logging"] else print)
+    layers = choose_layers(config["idx_list_enc"], tuple(LAYER_NAMES))
+    run_dir = results.run_dir_for(config, config["dataset"], "video", layers)
+    return run_video(video_settings(config, layers), pipeline_settings(config), config, run_dir,
+                     (lambda s: None) if config["disable_logging"] else print)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
 from main_cifar10 import main as cifar10_main
@@ -50,7 +49,7 @@ def run(args: argparse.Namespace) -> dict:
         m["test_images_per_s"] = m["n_test"] / m["timings"]["test_s"]
     write_json(out / "benchmark.json", report)
     paper = paper_row(args.normal_class)
-    print(f"\n| class | boundary | AUC | maxBA | paper AUC | pretrain s (img/s) | train s (img/s) | test img/s |")
+    print("\n| class | boundary | AUC | maxBA | paper AUC | pretrain s (img/s) | train s (img/s) | test img/s |")
     print("|---|---|---|---|---|---|---|---|")
     for boundary, m in report["runs"].items():
         p = f"{paper[f'mocca_{boundary}']} ± {paper[f'mocca_{boundary}_std']}"

@@ -36,13 +36,14 @@ def video_distances(run_dir: Path, data_path: str) -> tuple[np.ndarray, dict[int
     import yaml
 
     from datasets.video import VideoClips, load_test_set
-    from trainers.video_pipeline import load_trained, remove_bg
+    from trainers.settings import REMOVE_BACKGROUND
+    from trainers.video_pipeline import load_trained
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     model = load_trained(run_dir / "model.pt", torch.device("cpu")).eval()
     shape = model.net.input_shape
     names, videos, labels = load_test_set(data_path or config["data_path"], config["dataset"], tuple(shape[2:]),
-                                          remove_bg(config), config.get("labels"),
+                                          REMOVE_BACKGROUND[config["remove_background"]], config.get("labels"),
                                           background_recipe=config.get("background_recipe", "lsa"))
     clips = VideoClips(videos, shape[1], names)
     parts: dict[int, list[torch.Tensor]] = {k: [] for k in model.objective.layer_indices}

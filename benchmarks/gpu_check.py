@@ -7,7 +7,7 @@ check still leaves the finished steps behind. The whole check stays inside ``--b
 a step that no longer fits is recorded as skipped (a failure).
 
 Steps: the environment; CIFAR-10 soft (plus a resume of the finished run and a kill-and-resume
-run); CIFAR-10 hard; a grouped sweep of K runs (``trainers.batched``); MVTec AD bottle; UCSD Ped2;
+run); CIFAR-10 hard; K runs as one grouped model (``main_cifar10.py --classes``); MVTec AD bottle; UCSD Ped2;
 the throughput benchmark with and without ``--channels-last``.
 
     bash benchmarks/gpu_check.sh                     # on the GPU machine: -> ${OUT:-gpu_check_out}/gpu_check.json
@@ -175,9 +175,9 @@ def batched_classes(ctx: Context) -> list[str]:
 
 def batched_argv(ctx: Context) -> list[str]:
     epochs = ["-db", "-ae", "1", "-e", "1"] if ctx.quick else ["-ae", "3", "-e", "3"]
-    return [ctx.python, "-m", "trainers.batched", "--classes", *batched_classes(ctx), "--seeds", "0", "-bd", "soft",
-            "-dp", str(ctx.data / "cifar10"), "--preset", "cpu", *epochs, "-we", "1", "--out", str(ctx.out / "batched"),
-            "--device", ctx.device, "--no-progress"]
+    return [ctx.python, "main_cifar10.py", "-ptr", "-tr", "-tt", "--classes", *batched_classes(ctx), "--seeds", "0",
+            "-bd", "soft", "-dp", str(ctx.data / "cifar10"), "--preset", "cpu", *epochs, "-we", "1",
+            "--output_path", str(ctx.out / "batched"), "--device", ctx.device, "--no-progress"]
 
 
 def mvtec_argv(ctx: Context, run_dir: Path) -> list[str]:

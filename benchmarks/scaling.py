@@ -1,6 +1,6 @@
 """Scaling: how the time of a training step or epoch grows with the work it is given.
 
-- ``cifar10``: (1) seconds per epoch of the one-class pipeline (``train_one_class``: batching,
+- ``cifar10``: (1) seconds per epoch of the one-class pipeline (``MOCCA.train``: batching,
   radius updates, NaN checks; the checkpoint write after each epoch is outside ``seconds``) over
   synthetic images for several epoch sizes and a few epochs each; (3) bare one-class step of the
   LeNet ``PooledFeatureNet`` for several layer sets.
@@ -8,7 +8,7 @@
   image sizes; (3) bare one-class step of ``ResidualFeatureNet`` per layer set, with and without
   selectors.
 - ``batched``: (4) bare AE-pretraining and one-class steps of the grouped LeNet
-  (``models.lenet_grouped``, as ``trainers.batched`` builds it) for K runs vs K single runs one
+  (``models.lenet_grouped``, as ``main_cifar10.py --classes`` builds it) for K runs vs K single runs one
   after another.
 
 A bare step is forward + backward + Adam on one resident synthetic batch (``benchmarks.throughput.
@@ -82,22 +82,24 @@ def _formatter(args: argparse.Namespace) -> Callable[[Tensor], Tensor]:
 def cifar10_epochs(args: argparse.Namespace, device: torch.device) -> Table:
     """Seconds per one-class epoch of the pipeline for each epoch size, every epoch listed."""
     from models.lenet import LeNetAutoencoder, PooledFeatureNet
-    from trainers.one_class import OneClassModel, train_one_class
+    from trainers.mocca import MOCCA, MethodSettings
+    from trainers.pretrain import AE_KIND
     from utils.batching import TensorSource
+    from utils.checkpoint import save_checkpoint
 
-    prep, bs, layers = _formatter(args), args.cifar_batch, [0, 1, 2, 3]
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    bs, layers = args.cifar_batch, [0, 1, 2, 3]
     settings = StageSettings("train", epochs=args.epochs, learning_rate=1e-4, weight_decay=5e-7, progress=False)
     rows, base = [], None
     for n in args.images:
         torch.manual_seed(0)
         source = TensorSource(torch.rand(n, 3, 32, 32, device=device))
-        net = PooledFeatureNet(LeNetAutoencoder(CODE_LENGTH).encoder, layers).to(device, memory_format=fmt)
-        obj = MultiLayerObjective(compute_centroids(net, [prep(source.data[:bs])]), "soft", 0.1).to(device)
-        model = OneClassModel(net, obj)
-        with tempfile.TemporaryDirectory() as tmp:
-            history = train_one_class(model, source, settings, bs, 0, Path(tmp) / "model.pt", {}, 0,
-                                      prepare=prep, log=lambda s: None)
+        arch = {"model": "lenet", "code_length": CODE_LENGTH}
+        mocca = MOCCA(lambda: LeNetAutoencoder(CODE_LENGTH), PooledFeatureNet, arch,
+                      MethodSettings(layers, batch_size=bs, warm_up_epochs=0, train=settings), device=device,
+                      channels_last=args.channels_last)
+        with tempfile.TemporaryDirectory() as tmp:  # the one-class stage of the pipeline from a fresh encoder
+            save_checkpoint(Path(tmp) / "ae.pt", AE_KIND, arch, state=LeNetAutoencoder(CODE_LENGTH).state_dict())
+            history = mocca.train(source, Path(tmp) / "ae.pt", Path(tmp) / "model.pt", log=lambda s: None)
         seconds = [h["seconds"] for h in history]
         steady = seconds[1:] if len(seconds) > 1 else seconds  # epoch 1 includes the allocator's warm-up
         mean = sum(steady) / len(steady)
@@ -182,11 +184,11 @@ def mvtec(args: argparse.Namespace, device: torch.device) -> list[Table]:
 
 
 # ------------------------------------------------------------------------------------------------
-# (4) K runs at once: the grouped LeNet of trainers.batched vs K single runs one after another
+# (4) K runs at once: the grouped LeNet (main_cifar10 --classes) vs K single runs one after another
 # ------------------------------------------------------------------------------------------------
 
 def grouped_ae_loss(ae: nn.Module, k: int) -> Callable[[Tensor], Tensor]:
-    """``trainers.batched``'s pretraining loss: the sum over runs of each run's reconstruction loss."""
+    """The grouped pretraining loss: the sum over runs of each run's reconstruction loss."""
     def loss(x: Tensor) -> Tensor:
         b = x.shape[0]
         return ((ae(x).float() - x.float()) ** 2).reshape(b, k, -1).sum(dim=2).mean(dim=0).sum()
@@ -194,7 +196,7 @@ def grouped_ae_loss(ae: nn.Module, k: int) -> Callable[[Tensor], Tensor]:
 
 
 def grouped_one_class_loss(net: nn.Module, x: Tensor, nu: float = 0.1) -> Callable[[Tensor], Tensor]:
-    """``trainers.batched``'s soft-boundary one-class loss summed over runs (per-run centroids from ``x``, radii 0)."""
+    """The grouped soft-boundary one-class loss summed over runs (per-run centroids from ``x``, radii 0)."""
     with torch.no_grad():
         net.eval()
         centers = {j: f.float().mean(dim=1) for j, f in net(x).items()}  # {j: (K, d)}
@@ -246,7 +248,7 @@ def batched(args: argparse.Namespace, device: torch.device) -> list[Table]:
             # K single runs one after another: total images over total time of the K measurements
             seq = k / sum(1.0 / single(stage) for _ in range(k))
             rows.append([stage, str(k), _rate(g), _rate(g / k), _rate(seq), _rate(seq / k), f"{g / seq:.2f}"])
-    return [Table(f"K runs: grouped LeNet (trainers.batched) vs K single runs one after another (batch {bs} per run, "
+    return [Table(f"K runs: grouped LeNet (main_cifar10 --classes) vs K single runs one after another (batch {bs} per run, "
                   f"one-class layers [0,1,2,3])",
                   ["stage", "K", "grouped img/s (all runs)", "grouped img/s per run", "sequential img/s (all runs)",
                    "sequential img/s per run", "grouped / sequential"], rows)]

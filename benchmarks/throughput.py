@@ -25,9 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from trainers.engine import StageSettings, compile_in_place
-from trainers.objective import MultiLayerObjective, compute_centroids, reconstruction_loss
-from trainers.one_class import OneClassModel, train_one_class
-from trainers.pretrain import pretrain_autoencoder
+from trainers.mocca import MOCCA, MethodSettings
+from trainers.objective import MultiLayerObjective, reconstruction_loss
+from trainers.one_class import OneClassModel
 from trainers.scoring import test_distances
 from utils.batching import TensorSource
 
@@ -119,20 +119,18 @@ def cifar10(args: argparse.Namespace, device: torch.device) -> list[Row]:
     torch.manual_seed(0)
     ae = LeNetAutoencoder(128).to(device, memory_format=fmt)
     bare = bare_steps(ae, lambda b: reconstruction_loss(b, ae(b)), x, n_b, compile=args.compile)
-    ae = LeNetAutoencoder(128).to(device, memory_format=fmt)
-    pipe = pipeline_epoch(lambda p: pretrain_autoencoder(ae, train, settings("pretrain"), bs, p, {}, 0,
-                                                         prepare=prep, log=lambda s: None), n, device)
-    rows.append(Row("cifar10 AE pretraining", bare, pipe))
-
     layers = [0, 1, 2, 3]
-    net = PooledFeatureNet(ae.encoder, layers)
-    centers = compute_centroids(net, (prep(b) for b in train.batches(bs)))
-    obj = MultiLayerObjective(centers, "soft", 0.1).to(device)
+    mocca = MOCCA(lambda: LeNetAutoencoder(128), PooledFeatureNet, {"model": "lenet", "code_length": 128},
+                  MethodSettings(layers, batch_size=bs, warm_up_epochs=0, pretrain=settings("pretrain"),
+                                 train=settings("train")), device=device, channels_last=args.channels_last)
+    with tempfile.TemporaryDirectory() as tmp:  # the pipeline's stages, as main_cifar10 runs them
+        pretrain = mocca.pretrain(train, Path(tmp) / "ae.pt", log=lambda s: None)
+        one_class = mocca.train(train, Path(tmp) / "ae.pt", Path(tmp) / "model.pt", log=lambda s: None)
+    rows.append(Row("cifar10 AE pretraining", bare, n / pretrain[-1]["seconds"]))  # second epoch: warm-up excluded
+
+    net, obj = mocca.model.net, mocca.model.objective
     bare = bare_steps(net, lambda b: obj.loss(obj.distances(net(b))), x, n_b, compile=args.compile)
-    model = OneClassModel(net, obj)
-    pipe = pipeline_epoch(lambda p: train_one_class(model, train, settings("train"), bs, 0, p, {}, 0,
-                                                    prepare=prep, log=lambda s: None), n, device)
-    rows.append(Row("cifar10 one-class training", bare, pipe))
+    rows.append(Row("cifar10 one-class training", bare, n / one_class[-1]["seconds"]))
 
     bare = bare_steps(net, lambda b: obj.distances(net(b)), x, n_b, train=False, compile=args.compile)
     test = TensorSource(data.test.to(device))
@@ -158,9 +156,9 @@ def mvtec(args: argparse.Namespace, device: torch.device) -> list[Row]:
     torch.manual_seed(0)
     ae = ResidualAutoencoder(128, 128).to(device, memory_format=fmt)
     bare = bare_steps(ae, lambda b: reconstruction_loss(b, ae(b)), x, n_b, compile=args.compile)
-    ae = ResidualAutoencoder(128, 128).to(device, memory_format=fmt)
-    pipe = pipeline_epoch(lambda p: pretrain_autoencoder(ae, train, settings, bs, p, {}, 0,
-                                                         prepare=prep, log=lambda s: None), bs * n_b, device)
+    mocca = MOCCA(lambda: ResidualAutoencoder(128, 128), None, {}, MethodSettings([4], batch_size=bs, pretrain=settings),
+                  device=device, channels_last=args.channels_last)
+    pipe = pipeline_epoch(lambda p: mocca.pretrain(train, p, log=lambda s: None), bs * n_b, device)
     return [Row("mvtec bottle AE pretraining (128 px)", bare, pipe)]
 
 
@@ -174,12 +172,13 @@ def video(args: argparse.Namespace, device: torch.device) -> list[Row]:
     """
     from datasets.video import VideoClips, load_split, load_test_set
     from trainers.end_to_end import end_to_end_loss, initial_centroids, score_videos, train_end_to_end
-    from trainers.video_pipeline import VideoSettings, build_model, model_arch
+    from trainers.settings import video_settings
+    from trainers.video_pipeline import build_model, model_arch
     from utils.cli import video_config
 
     config = video_config(["--dataset", "ped2"])
     layers = [int(i) for i in config["idx_list_enc"]]
-    vs = VideoSettings.from_config(config, layers)
+    vs = video_settings(config, layers)
     root, size, seed = SHARED / "ped2", vs.frame_size, vs.seed
     bs, n_b, w = vs.batch_size, args.batches, vs.recon_weight
     names, videos = load_split(root, "ped2", "training", size, vs.remove_background,

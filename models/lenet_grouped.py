@@ -17,7 +17,7 @@ BatchNorm buffers from / to ordinary ``LeNetAutoencoder`` objects, so runs start
 the sequential pipeline would build and end as ordinary per-run checkpoints.
 
 Parameter order (``parameters()``) mirrors ``LeNetAutoencoder`` so optimizer states can be split
-into per-run states and merged back (``trainers.batched``).
+into per-run states and merged back (``trainers.runs``).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""trainers.batched: K runs as one grouped model == K sequential main_cifar10 runs.
+"""main_cifar10 --classes/--seeds: K runs as one grouped model == K sequential main_cifar10 runs.
 
 Why the end-to-end comparison runs in float64: in float32 the grouped kernels sum in another
 order (relative differences ~1e-7 in the gradients), and Adam turns that noise into a full +-lr
@@ -29,7 +29,7 @@ from models.lenet import LAYER_INDICES, LeNetAutoencoder, PooledFeatureNet
 from models.lenet_grouped import GroupedLeNetAutoencoder, GroupedPooledFeatureNet, stack_runs
 from tests.cifar_fixtures import make_cifar_folder
 from tests.conftest import Killed, kill_after_saves
-from trainers import batched
+from trainers import runs as grouped_runs
 
 FAST = ["--preset", "cpu", "-ae", "2", "-e", "2", "-we", "1", "-bs", "8", "-zl", "16", "--no-progress"]
 RTOL, ATOL = 1e-6, 1e-9  # float64 run: observed max difference 0 (every logged value identical)
@@ -171,11 +171,11 @@ def test_optimizer_state_split_and_merge_round_trip():
     grouped(torch.rand(4, 6, 32, 32)).sum().backward()
     opt.step()
     shapes = [p.shape for p in singles[0].parameters()]
-    parts = batched.split_optimizer_state(opt.state_dict(), 2, shapes)
+    parts = grouped_runs.split_optimizer_state(opt.state_dict(), 2, shapes)
     assert parts[1]["state"][0]["exp_avg"].shape == shapes[0]
     single_opt = torch.optim.Adam(singles[1].parameters(), lr=1e-3)
     single_opt.load_state_dict(parts[1])  # the format a sequential run's checkpoint holds
-    merged = batched.merge_optimizer_states(parts, [p.shape for p in grouped.parameters()])
+    merged = grouped_runs.merge_optimizer_states(parts, [p.shape for p in grouped.parameters()])
     for i, st in opt.state_dict()["state"].items():
         for name, v in st.items():
             assert torch.equal(merged["state"][i][name], v)
@@ -186,10 +186,8 @@ def test_batched_runs_equal_sequential_runs(data_root, tmp_path):
     """K=3 (two seeds of class 1, one seed of class 3), soft boundary, all stages, run folders, -tt -ck."""
     out, seq = tmp_path / "batched", tmp_path / "sequential"
     flags = ["-dp", str(data_root), *FAST, "-bd", "soft"]
-    _, config = batched.parse([*flags, "--out", str(out)])
-    runs = [batched.RunSpec(1, 0), batched.RunSpec(1, 1), batched.RunSpec(3, 0)]
-    got = batched.train_batched(runs, config)
-    assert [(m["normal_class"], m["seed"]) for m in got] == [(1, 0), (1, 1), (3, 0)]
+    got = grouped([*flags, "--classes", "1", "3", "--seeds", "0", "1", "--output_path", str(out)])
+    assert [(m["normal_class"], m["seed"]) for m in got] == [(1, 0), (1, 1), (3, 0), (3, 1)]
     worst = 0.0
     for m in got:
         want = main_cifar10([*flags, "-nc", str(m["normal_class"]), "-s", str(m["seed"]), "-ptr", "-tr", "-tt",
@@ -208,11 +206,12 @@ def test_batched_runs_equal_sequential_runs(data_root, tmp_path):
         assert cfg_a.pop("output_path") == str(out) and cfg_b.pop("output_path") == str(seq)
         assert cfg_a == cfg_b
         saved = json.loads((a / "metrics.json").read_text())
-        assert saved["auc"] == m["auc"] and saved["batched"]["k"] == 3
+        assert saved["auc"] == m["auc"] and saved["grouped"]["k"] == 4
     print(f"max relative difference batched vs sequential (float64): {worst:.3g}")
 
     # a batched model.pt is an ordinary checkpoint: main_cifar10 -tt -ck scores it the same
     run = run_folder(out, got[2]["class"], "soft-ile_0.1.2.3-zl_16-nu_0.1-seed_0")
+    assert got[2]["normal_class"] == 3
     tested = main_cifar10([*flags, "-nc", "3", "-tt", "-ck", str(run / "model.pt"), "--run-dir", str(tmp_path / "t")])
     assert tested["auc"] == pytest.approx(got[2]["auc"], rel=RTOL, abs=ATOL)
     assert tested["radii"] == pytest.approx(got[2]["radii"], rel=RTOL, abs=ATOL)
@@ -224,17 +223,17 @@ def test_hard_boundary_and_resume(data_root, tmp_path, monkeypatch):
     # -bs 19 on 20 images: the last batch of every epoch holds one image and is dropped, as sequentially
     common = ["-dp", str(data_root), *FAST, "-bd", "hard", "-e", "1", "-ile", "3", "1", "-bs", "19"]
     flags = [*common, "--classes", "2", "7", "--seeds", "4"]
-    straight = batched.main([*flags, "--out", str(tmp_path / "s")])
+    straight = grouped([*flags, "--output_path", str(tmp_path / "s")])
     want = main_cifar10([*common, "-nc", "7", "-s", "4", "-ptr", "-tr", "-tt", "--output_path", str(tmp_path / "q")])
     prefix = "hard-ile_3.1-zl_16-nu_0.1-seed_4"
     compare_folders(run_folder(tmp_path / "s", "7_horse", prefix), run_folder(tmp_path / "q", "7_horse", prefix))
     assert straight[1]["auc"] == pytest.approx(want["auc"], rel=RTOL, abs=ATOL)
 
-    monkeypatch.setattr(batched, "CHECKPOINT_INTERVAL_S", 0.0)  # checkpoint every epoch
-    kill_after_saves(monkeypatch, batched, 2)  # killed once both runs saved AE epoch 1
+    monkeypatch.setattr(grouped_runs, "CHECKPOINT_INTERVAL_S", 0.0)  # checkpoint every epoch
+    kill_after_saves(monkeypatch, grouped_runs, 2)  # killed once both runs saved AE epoch 1
     with pytest.raises(Killed):
-        batched.main([*flags, "--out", str(tmp_path / "k")])
-    resumed = batched.main([*flags, "--out", str(tmp_path / "k"), "--resume"])
+        grouped([*flags, "--output_path", str(tmp_path / "k")])
+    resumed = grouped([*flags, "--output_path", str(tmp_path / "k"), "--resume"])
     for a, b in zip(resumed, straight):
         assert a["auc"] == pytest.approx(b["auc"], rel=RTOL, abs=ATOL)
     compare_folders(run_folder(tmp_path / "k", "7_horse", prefix), run_folder(tmp_path / "s", "7_horse", prefix))
@@ -244,7 +243,7 @@ def test_hard_boundary_and_resume(data_root, tmp_path, monkeypatch):
 def test_debug_mode_scores_the_same_test_subset(data_root, tmp_path):
     """-db: 5 batches per epoch and each run's own random test subset (debug_subset of its seed)."""
     flags = ["-dp", str(data_root), *FAST, "-bs", "4", "-ae", "1", "-e", "1", "-db"]
-    got = batched.main([*flags, "--classes", "6", "--seeds", "0", "5", "--out", str(tmp_path / "b")])
+    got = grouped([*flags, "--classes", "6", "--seeds", "0", "5", "--output_path", str(tmp_path / "b")])
     want = main_cifar10([*flags, "-nc", "6", "-s", "5", "-ptr", "-tr", "-tt", "--output_path", str(tmp_path / "s")])
     assert got[1]["n_test"] == want["n_test"] == 20
     prefix = "soft-ile_0.1.2.3-zl_16-nu_0.1-seed_5"
@@ -252,36 +251,44 @@ def test_debug_mode_scores_the_same_test_subset(data_root, tmp_path):
     assert got[1]["auc"] == pytest.approx(want["auc"], rel=RTOL, abs=ATOL)
 
 
+def grouped(argv):
+    """main_cifar10 with --classes/--seeds, all stages."""
+    return main_cifar10([*argv, "-ptr", "-tr", "-tt"])
+
+
 def expect_user_error(capsys, argv) -> str:
     with pytest.raises(SystemExit) as exc:
-        batched.main(argv)
+        main_cifar10(argv)
     assert exc.value.code == 2
     return capsys.readouterr().err.strip()
 
 
 def test_cli_errors(data_root, tmp_path, capsys):
-    base = ["-dp", str(data_root), *FAST, "--out", str(tmp_path / "o")]
-    assert "all stages" in expect_user_error(capsys, [*base, "-ptr", "--classes", "1"])
-    assert "0-9" in expect_user_error(capsys, [*base, "--classes", "1", "12"])
-    assert "seeds >= 0" in expect_user_error(capsys, [*base, "--seeds", "-1"])
+    base = ["-dp", str(data_root), *FAST, "--output_path", str(tmp_path / "o")]
+    assert "every stage" in expect_user_error(capsys, [*base, "-ptr", "--classes", "1", "2"])
+    assert "0-9" in expect_user_error(capsys, [*base, "-ptr", "-tr", "-tt", "--classes", "1", "12"])
+    assert "seeds >= 0" in expect_user_error(capsys, [*base, "-ptr", "-tr", "-tt", "--seeds", "0", "-1"])
+    assert "share one run folder" in expect_user_error(
+        capsys, [*base, "-ptr", "-tr", "-tt", "--classes", "1", "2", "--run-dir", str(tmp_path / "one")])
+    assert "listed twice" in expect_user_error(capsys, [*base, "-ptr", "-tr", "-tt", "--seeds", "3", "3"])
+    assert "best-loss is not supported" in expect_user_error(
+        capsys, [*base, "-ptr", "-tr", "-tt", "--seeds", "0", "1", "--test-checkpoint", "best-loss"])
     per_class = tmp_path / "per_class.yaml"
     per_class.write_text(yaml.safe_dump({"nu": 0.1, "per_class": {2: {"nu": 0.05}}, "presets": {"cpu": {}}}))
     msg = expect_user_error(capsys, [*base, "--config", str(per_class), "--classes", "1", "2"])
     assert "class 2 has its own settings" in msg and "(nu)" in msg
-    _, config = batched.parse(base)
-    with pytest.raises(batched.UserError, match="share one run folder"):
-        batched.train_batched([batched.RunSpec(1, 0), batched.RunSpec(2, 0)], config, run_dirs=[tmp_path] * 2)
     uneven = shutil.copytree(data_root, tmp_path / "uneven")
     next((uneven / "train" / "bird").iterdir()).unlink()
-    msg = expect_user_error(capsys, ["-dp", str(uneven), *FAST, "--out", str(tmp_path / "o"), "--classes", "1", "2"])
-    assert "equal size" in msg and "class 2: 19" in msg
+    msg = expect_user_error(capsys, ["-dp", str(uneven), *FAST, "--output_path", str(tmp_path / "o"), "-ptr", "-tr",
+                                     "-tt", "--classes", "1", "2"])
+    assert "equal size" in msg and "19" in msg
 
 
 @pytest.mark.usefixtures("float64")
 def test_recalibrated_batchnorm_equals_sequential(data_root, tmp_path):
     """--recalibrate-bn acts on the grouped path too: each run's re-estimated statistics, as sequentially."""
     flags = ["-dp", str(data_root), *FAST, "-ae", "1", "-e", "1", "--recalibrate-bn"]
-    got = batched.main([*flags, "--classes", "4", "--seeds", "0", "2", "--out", str(tmp_path / "b")])
+    got = grouped([*flags, "--classes", "4", "--seeds", "0", "2", "--output_path", str(tmp_path / "b")])
     want = main_cifar10([*flags, "-nc", "4", "-s", "2", "-ptr", "-tr", "-tt", "--output_path", str(tmp_path / "s")])
     prefix = "soft-ile_0.1.2.3-zl_16-nu_0.1-seed_2"
     a, b = run_folder(tmp_path / "b", "4_deer", prefix), run_folder(tmp_path / "s", "4_deer", prefix)

@@ -8,8 +8,8 @@ import torch._inductor.config as inductor_config
 from torch import nn
 
 from trainers.engine import StageSettings
-from trainers.pretrain import pretrain_autoencoder
-from trainers.two_stage import _stage
+from trainers.mocca import MOCCA, MethodSettings
+from trainers.settings import stage_settings
 from utils.batching import TensorSource
 from utils.checkpoint import load_checkpoint
 from utils.cli import cifar10_parser, resolve_config, video_parser
@@ -27,7 +27,8 @@ def tiny_run(checkpoint: Path, compile: bool) -> list[float]:
     data = TensorSource(torch.rand(16, 3, 2, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
     settings = StageSettings("pretrain", epochs=2, learning_rate=1e-2, weight_decay=0.0, progress=False,
                              compile=compile)
-    history = pretrain_autoencoder(ae, data, settings, 4, checkpoint, {}, 0, log=lambda s: None)
+    mocca = MOCCA(lambda: ae, None, {}, MethodSettings([0], batch_size=4, pretrain=settings), device="cpu")
+    history = mocca.pretrain(data, checkpoint, log=lambda s: None)
     return [row["loss"] for row in history]
 
 
@@ -35,7 +36,7 @@ def test_flag_defaults_off_and_reaches_the_stage_settings():
     assert resolve_config(cifar10_parser(), [])["compile"] is False
     assert resolve_config(video_parser(), ["--compile"])["compile"] is True
     config = resolve_config(cifar10_parser(), ["--compile"])
-    assert _stage(config, "pretrain", "ae").compile and _stage(config, "train", "oc").compile
+    assert stage_settings(config, "pretrain", "ae_").compile and stage_settings(config, "train").compile
 
 
 def test_compiled_tiny_run_gives_the_eager_loss_and_the_same_checkpoint_keys(tmp_path):

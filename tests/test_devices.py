@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from models.lenet import LeNetAutoencoder, PooledFeatureNet
-from models.lenet_grouped import GroupedLeNetAutoencoder, GroupedPooledFeatureNet
+from models.lenet_grouped import GroupedLeNetAutoencoder, GroupedPooledFeatureNet, stack_runs
 from models.residual2d import ResidualAutoencoder, ResidualFeatureNet
 from models.video3d import VideoAutoencoder
-from trainers import batched
 from trainers import scoring
 from trainers.end_to_end import end_to_end_loss, initial_centroids
 from trainers.objective import MultiLayerObjective, compute_centroids
 from trainers.one_class import OneClassModel, one_class_step
+from trainers.runs import StackedSource
 from trainers.scoring import score_and_evaluate, score_tensors
 from utils.runtime import batch_placer, module_device
 
@@ -91,7 +91,7 @@ def test_grouped_core_on_one_device(boundary):
     """K = 2 runs as one grouped model go through the same objective code with a run axis."""
     ae = GroupedLeNetAutoencoder.from_models([LeNetAutoencoder(16) for _ in range(2)]).to(META)
     net = GroupedPooledFeatureNet(ae.encoder, [1, 3])
-    source = batched.StackedSource(torch.rand(1, 6, 3, 32, 32), torch.tensor([0, 0]))
+    source = StackedSource(torch.rand(1, 6, 3, 32, 32), torch.tensor([0, 0]), stack_runs)
     place = batch_placer(META)
     centers = compute_centroids(net, (place(x) for x in source.batches(3)))
     model = OneClassModel(net, MultiLayerObjective(centers, boundary, 0.1))

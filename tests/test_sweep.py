@@ -245,7 +245,7 @@ def test_batched_sweep_groups_all_classes_and_seeds_per_boundary(tmp_path):
     groups = sweep.batched_groups(spec, sweep.expand_grid(spec))
     assert len(groups) == 4  # 2 boundaries x (MOCCA, holistic)
     for out, cmd in groups:
-        assert cmd[1:3] == ["-m", "trainers.batched"] and "-nc" not in cmd and "-s" not in cmd
+        assert cmd[1].endswith("main_cifar10.py") and "-nc" not in cmd and "-s" not in cmd
         assert cmd[cmd.index("--classes") + 1: cmd.index("--seeds")] == ["0", "1"]
         assert cmd[cmd.index("--seeds") + 1: cmd.index("-bd")] == ["0", "1", "2"]
     calls = []

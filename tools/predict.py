@@ -98,8 +98,8 @@ def predict(checkpoint: Path, inputs: Sequence[str], out: Path, threshold: float
     scores = model.score(x, patches)
     cut = model.threshold if threshold is None else threshold
     if cut is None:
-        raise UserError(f"{checkpoint} stores no decision threshold (trained before thresholds were stored, or by "
-                        "trainers.batched): pass --threshold")
+        raise UserError(f"{checkpoint} stores no decision threshold (trained before thresholds were "
+                        "stored): pass --threshold")
     layers = list(scores.per_layer)
     rows = []
     for i, f in enumerate(files):

@@ -619,8 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the plan and the commands; run and write nothing")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--batched", dest="batched", action="store_const", const=True, default=None,
-                      help="train all classes x seeds of each boundary/layer set as one batched model (python -m "
-                           "trainers.batched) instead of one process per run; default for CIFAR-10 when CUDA is "
+                      help="train all classes x seeds of each boundary/layer set as one grouped model (main_cifar10.py "
+                           "--classes .. --seeds ..) instead of one process per run; default for CIFAR-10 when CUDA is "
                            "available and the runs do not ask for --device cpu")
     mode.add_argument("--sequential", dest="batched", action="store_const", const=False,
                       help="one process per run even where --batched is the default")
@@ -682,7 +682,7 @@ def wants_batched(spec: SweepSpec, requested: bool | None) -> bool:
 
 
 def batched_groups(spec: SweepSpec, runs: Sequence[RunJob]) -> list[tuple[Path, list[str]]]:
-    """CIFAR-10 on a GPU: one ``trainers.batched`` process per (boundary, layers, settings) group.
+    """CIFAR-10 on a GPU: one ``main_cifar10.py --classes .. --seeds ..`` process per (boundary, layers, settings) group.
 
     All classes x seeds of a group train as one grouped model (K runs at once); each group pretrains
     its own AEs, so the soft and hard groups do not share stage 1 as the per-run path does.
@@ -698,11 +698,10 @@ def batched_groups(spec: SweepSpec, runs: Sequence[RunJob]) -> list[tuple[Path, 
         extra = "".join(f"-{k}_{_name_value(v)}" for k, v in settings)
         out = spec.out / "batched" / f"{boundary}-{tag}{extra}"
         cmd = _base_command(spec, "0", 0, settings, holistic)
-        cmd[1:2] = ["-m", "trainers.batched"]  # same flags, the batched entry instead of main_cifar10.py
         cmd = [t for i, t in enumerate(cmd) if not (cmd[i - 1] in ("-nc", "-s") or t in ("-nc", "-s"))]
-        cmd += ["--classes", *dict.fromkeys(r.class_arg for r in members),
+        cmd += ["--classes", *dict.fromkeys(r.class_arg for r in members),  # all of them as one grouped model
                 "--seeds", *map(str, dict.fromkeys(r.seed for r in members)),
-                "-bd", boundary, "-ptr", "-tr", "-tt", "--out", str(out), "--resume"]
+                "-bd", boundary, "-ptr", "-tr", "-tt", "--output_path", str(out), "--resume"]
         if layers is not None:
             cmd += ["-ile", *map(str, layers)]
         planned.append((out, cmd))

@@ -16,20 +16,23 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from trainers.engine import StageSettings
-from trainers.objective import MultiLayerObjective, calibrate_new_batchnorm, compute_centroids, recalibrate_batchnorm
-from trainers.one_class import ONE_CLASS_KIND, OneClassModel, train_one_class
-from trainers.pretrain import AE_KIND, pretrain_autoencoder
+from trainers.engine import StageSettings, compile_in_place, fit_runs
+from trainers.objective import (MultiLayerObjective, calibrate_new_batchnorm, compute_centroids, recalibrate_batchnorm,
+                                reconstruction_loss)
+from trainers.one_class import ONE_CLASS_KIND, OneClassModel, one_class_step
+from trainers.runs import GroupedRuns, SingleRun, StackedSource
 from trainers.scoring import score_tensors, test_distances, to_numpy
 from utils.batching import TensorSource
 from utils.checkpoint import load_checkpoint, replace_state, save_checkpoint, update_checkpoint
 from utils.runtime import batch_placer, memory_format, pick_device, set_seed
+
+Paths = Union[str, Path, Sequence[Path]]
 
 
 @dataclass
@@ -63,19 +66,28 @@ class MOCCA:
     ``make_autoencoder()`` builds the AE (it must expose ``.encoder``); ``make_feature_net(encoder,
     layers)`` wraps an encoder into a net returning ``{layer: (B, d)}``; ``arch`` holds what fixes
     the AE's weight shapes and ``net_arch`` the feature net's own (both are checked when loading).
+    ``runs`` is the model variant: one plain run (the default) or ``trainers.runs.GroupedRuns``, K
+    runs trained as one grouped model; then every stage takes one checkpoint path per run, and
+    distances and scores carry a leading run axis.
     """
 
     def __init__(self, make_autoencoder: Callable[[], nn.Module],
                  make_feature_net: Callable[[nn.Module, list[int]], nn.Module], arch: dict[str, Any],
                  settings: MethodSettings, *, net_arch: dict[str, Any] | None = None, device: str = "auto",
-                 channels_last: bool = False):
+                 channels_last: bool = False, runs: SingleRun | GroupedRuns | None = None):
         self.make_autoencoder, self.make_feature_net = make_autoencoder, make_feature_net
         self.arch, self.net_arch, self.settings = dict(arch), dict(net_arch or {}), settings
+        self.runs = runs or SingleRun(settings.seed, make_autoencoder, make_feature_net)
         self.device = pick_device(device) if isinstance(device, str) else torch.device(device)
         self.channels_last = channels_last
         self.prepare = batch_placer(self.device, channels_last)  # the one rule for where and how batches live
         self.model: OneClassModel | None = None
-        self.threshold: float | None = None  # decision threshold on the combined score (``decision_threshold``)
+        self.thresholds: list[float | None] = [None] * self.runs.k  # per run, on the combined score
+
+    @property
+    def threshold(self) -> float | None:
+        """The decision threshold of a single run (``decision_thresholds``)."""
+        return self.thresholds[0] if self.runs.k == 1 else None
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -103,55 +115,82 @@ class MOCCA:
 
     # ---- the two stages -----------------------------------------------------------------------
 
-    def new_autoencoder(self) -> nn.Module:
-        return self.make_autoencoder().to(self.device, memory_format=memory_format(4, self.channels_last))
+    def pretrain(self, train: TensorSource, checkpoint: Paths, *, resume: bool = False,
+                 log: Callable[[str], None] = print) -> list:
+        """Stage 1: the whole AE on reconstruction; its weights end up in ``checkpoint`` (one path per run).
 
-    def pretrain(self, train: TensorSource, checkpoint: Path, *, resume: bool = False,
-                 log: Callable[[str], None] = print) -> list[dict[str, float]]:
-        """Stage 1: the whole AE on reconstruction; its weights end up in ``checkpoint``."""
-        s = self.settings
-        return pretrain_autoencoder(self.new_autoencoder(), _on(train, self.device), s.pretrain, s.batch_size,
-                                    checkpoint, self.arch, s.seed, resume=resume, limit=s.debug_batches,
-                                    prepare=self.prepare, log=log)
+        Returns the per-epoch history (one per run when ``checkpoint`` is a list of paths).
+        """
+        s, runs, (paths, many) = self.settings, self.runs, self._paths(checkpoint)
+        train = train.to(self.device)
+        ae = runs.new_autoencoder().to(self.device, memory_format=memory_format(4, self.channels_last))
+        if s.pretrain.compile:
+            compile_in_place(ae)
+        axis = runs.k if isinstance(runs, GroupedRuns) else None
 
-    def train(self, train: TensorSource, ae_checkpoint: Path, checkpoint: Path, *, resume: bool = False,
-              best_checkpoint: Path | None = None, log: Callable[[str], None] = print) -> list[dict[str, float]]:
+        def step(x: Tensor, epoch: int):
+            x = self.prepare(x)
+            return reconstruction_loss(x, ae(x), runs=axis), None, None  # () or (K,)
+
+        histories = fit_runs(ae.parameters(), step, lambda e: runs.epoch_batches(train, s.batch_size, e, s.debug_batches),
+                             train.n_batches(s.batch_size, s.debug_batches), s.pretrain,
+                             runs.autoencoder_checkpoints(ae, paths, self.arch), train_modules=[ae],
+                             run_labels=self.run_labels, resume=resume, log=log)
+        return histories if many else histories[0]
+
+    def train(self, train: TensorSource, ae_checkpoint: Paths, checkpoint: Paths, *, resume: bool = False,
+              best_checkpoint: Paths | None = None, log: Callable[[str], None] = print) -> list:
         """Stage 2: centroids of the pretrained encoder's layers, then the one-class training.
 
         With ``best_checkpoint`` the model kept (and tested) is the lowest-training-loss epoch.
+        The net trains in train mode (the paper), not in the authors' eval mode.
         """
-        s, fmt = self.settings, memory_format(4, self.channels_last)
-        train = _on(train, self.device)
-        ae = self.new_autoencoder()
-        ae.load_state_dict(load_checkpoint(ae_checkpoint, AE_KIND, self.arch)["state"])
-        net = self.make_feature_net(ae.encoder, list(s.layers)).to(self.device, memory_format=fmt)  # pretrained
+        s, runs, fmt = self.settings, self.runs, memory_format(4, self.channels_last)
+        (ae_paths, _), (paths, many) = self._paths(ae_checkpoint), self._paths(checkpoint)
+        best = self._paths(best_checkpoint)[0] if best_checkpoint is not None else None
+        train = train.to(self.device)
+        ae = runs.load_autoencoder(ae_paths, self.arch).to(self.device, memory_format=fmt)
+        net = runs.feature_net(ae.encoder, list(s.layers)).to(self.device, memory_format=fmt)  # pretrained
         calibration = lambda: self._batches(train, drop_singleton=True)  # noqa: E731
         (recalibrate_batchnorm if s.recalibrate_bn else calibrate_new_batchnorm)(net, calibration())
-        centers = compute_centroids(net, self._batches(train))
+        centers = compute_centroids(net, self._batches(train))  # {j: (d,)} or per run {j: (K, d)}
         objective = MultiLayerObjective(centers, s.boundary, s.nu, s.layer_reduction)
-        self.model = OneClassModel(net, objective).to(self.device)
-        history = train_one_class(self.model, train, s.train, s.batch_size, s.warm_up_epochs, checkpoint,
-                                  self.checkpoint_arch(), s.seed, resume=resume, best_checkpoint=best_checkpoint,
-                                  limit=s.debug_batches, prepare=self.prepare, log=log)
-        for path in (p for p in (checkpoint, best_checkpoint) if p is not None):
-            if path == best_checkpoint:
-                self.model.load_state_dict(load_checkpoint(path, ONE_CLASS_KIND)["state"])
-            if s.recalibrate_bn:  # the checkpoint then holds the statistics that are tested
-                recalibrate_batchnorm(self.model.net, calibration())
-                replace_state(path, ONE_CLASS_KIND, self.model.state_dict())
-            self.threshold = self.decision_threshold(train)
-            update_checkpoint(path, ONE_CLASS_KIND, threshold=self.threshold)
-        return history
+        model = self.model = OneClassModel(net, objective).to(self.device)
+        if s.train.compile:
+            compile_in_place(net)
 
-    def decision_threshold(self, train: TensorSource) -> float:
-        """Where "anomalous" starts on the combined score: 0 for the soft boundary (outside the spheres,
-        d^2 > R^2 on average over the layers); for the hard boundary, which has no radius, the (1 - nu)
-        quantile of the training images' scores, so that a fraction nu of normal data is flagged, as the
-        soft radius rule does."""
+        def radii_rows() -> list[dict[str, float]]:
+            host = objective.radii()  # one host copy per epoch
+            return [{f"radius_{j}": (v if runs.k == 1 else v[r]) for j, v in host.items()} for r in range(runs.k)]
+
+        histories = fit_runs(net.parameters(), one_class_step(model, s.warm_up_epochs, self.prepare),
+                             lambda e: runs.epoch_batches(train, s.batch_size, e, s.debug_batches),
+                             train.n_batches(s.batch_size, s.debug_batches), s.train,
+                             runs.model_checkpoints(model, paths, self.checkpoint_arch(), best), train_modules=[model],
+                             run_labels=self.run_labels, resume=resume, log=log, extra_payload=radii_rows)
+        for group in (paths, best):
+            if group is None:
+                continue
+            if group is best:
+                model.load_state_dict(load_checkpoint(best[0], ONE_CLASS_KIND)["state"])
+            if s.recalibrate_bn:  # the checkpoints then hold the statistics that are tested
+                recalibrate_batchnorm(net, calibration())
+                for path, run_model in zip(group, runs.run_models(model)):
+                    replace_state(path, ONE_CLASS_KIND, run_model.state_dict())
+            self.thresholds = self.decision_thresholds(train)
+            for path, threshold in zip(group, self.thresholds):
+                update_checkpoint(path, ONE_CLASS_KIND, threshold=threshold)
+        return histories if many else histories[0]
+
+    def decision_thresholds(self, train: TensorSource) -> list[float]:
+        """Where "anomalous" starts on the combined score, per run: 0 for the soft boundary (outside the
+        spheres, d^2 > R^2 on average over the layers); for the hard boundary, which has no radius, the
+        (1 - nu) quantile of the training images' scores, so that a fraction nu of normal data is
+        flagged, as the soft radius rule does."""
         if self.settings.boundary == "soft":
-            return 0.0
-        combined = self.score(TensorSource(train.data, train.transform)).combined
-        return float(np.quantile(combined, 1.0 - self.settings.nu))
+            return [0.0] * self.runs.k
+        combined = self.score(train).combined.reshape(self.runs.k, -1)
+        return [float(v) for v in np.quantile(combined, 1.0 - self.settings.nu, axis=-1)]
 
     def fit(self, images: Tensor, work_dir: str | Path | None = None,
             log: Callable[[str], None] = lambda s: None) -> "MOCCA":
@@ -169,12 +208,12 @@ class MOCCA:
     def distances(self, test: TensorSource) -> dict[int, Tensor]:
         """Squared distances per layer of every test sample, on the model's device."""
         model = self._trained()
-        return test_distances(model.net, model.objective, _on(test, self.device).batches(self.settings.batch_size),
+        return test_distances(model.net, model.objective, test.to(self.device).batches(self.settings.batch_size),
                               prepare=self.prepare)
 
-    def score(self, images: Tensor | TensorSource, patches_per_image: int | None = None) -> Scores:
+    def score(self, images: Tensor | TensorSource | StackedSource, patches_per_image: int | None = None) -> Scores:
         """Eq. 6 scores (eq. 7 max over patches when ``patches_per_image``); higher = more anomalous."""
-        source = images if isinstance(images, TensorSource) else TensorSource(images)
+        source = images if hasattr(images, "batches") else TensorSource(images)
         per_layer, combined = score_tensors(self._trained().objective, self.distances(source), patches_per_image)
         return Scores(to_numpy(combined), {k: to_numpy(v) for k, v in per_layer.items()})
 
@@ -186,11 +225,13 @@ class MOCCA:
 
     def save(self, path: str | Path) -> None:
         """The trained model as an ordinary one-class checkpoint (``main_*.py -tt -ck`` reads it too)."""
+        self._single("save")
         save_checkpoint(path, ONE_CLASS_KIND, self.checkpoint_arch(), state=self._trained().state_dict(),
                         threshold=self.threshold)
 
     def load_model(self, path: str | Path) -> "MOCCA":
         """Load trained weights into this object (layers, boundary and nu are read from the checkpoint)."""
+        self._single("load_model")
         ckpt = load_checkpoint(path, ONE_CLASS_KIND)
         saved = ckpt["arch"]
         diff = {k: (saved.get(k), v) for k, v in {**self.arch, **self.net_arch}.items() if saved.get(k) != v}
@@ -204,9 +245,8 @@ class MOCCA:
         model = OneClassModel(net, MultiLayerObjective(dummy, saved["boundary"], float(saved["nu"])))
         model.load_state_dict(ckpt["state"])
         self.model = model.to(self.device, memory_format=memory_format(4, self.channels_last))
-        self.threshold = ckpt.get("threshold")
-        if self.threshold is None and self.settings.boundary == "soft":
-            self.threshold = 0.0
+        threshold = ckpt.get("threshold")
+        self.thresholds = [0.0 if threshold is None and self.settings.boundary == "soft" else threshold]
         return self
 
     @classmethod
@@ -224,6 +264,22 @@ class MOCCA:
 
     # ---- helpers ------------------------------------------------------------------------------
 
+    @property
+    def run_labels(self) -> list[str]:
+        return [""] if self.runs.k == 1 else list(self.runs.labels)
+
+    def _paths(self, paths: Paths) -> tuple[list[Path], bool]:
+        """One path per run; ``many``: the caller gave a list (and gets one history per run back)."""
+        many = not isinstance(paths, (str, Path))
+        out = [Path(p) for p in paths] if many else [Path(paths)]
+        if len(out) != self.runs.k:
+            raise ValueError(f"{len(out)} checkpoint paths for {self.runs.k} runs")
+        return out, many
+
+    def _single(self, what: str) -> None:
+        if self.runs.k != 1:
+            raise ValueError(f"{what}() is for one run; each of the {self.runs.k} grouped runs has its own checkpoint")
+
     def _trained(self) -> OneClassModel:
         if self.model is None:
             raise ValueError("the model is not trained: call fit() or train(), or load() a saved model")
@@ -233,13 +289,6 @@ class MOCCA:
         s = self.settings
         return (self.prepare(x) for x in source.batches(s.batch_size, limit=s.debug_batches,
                                                         drop_singleton=drop_singleton))
-
-
-def _on(source: TensorSource, device: torch.device) -> TensorSource:
-    """The same source with its data resident on ``device`` (transform and epoch length kept)."""
-    if source.data.device == device:
-        return source
-    return TensorSource(source.data.to(device), source.transform, source.samples_per_epoch)
 
 
 _RUNTIME_KEYS = ("device", "channels_last")

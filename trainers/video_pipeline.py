@@ -1,13 +1,13 @@
 """The video pipeline (paper IV-C): data -> end-to-end training -> frame-level test -> run folder.
 
-``run_video(config)`` runs what the flags ask for (-ee, -tt): the entry script only parses flags.
+``run_video(settings, ...)`` runs what the flags ask for (-ee, -tt); the entry script parses the
+flags and builds the typed settings (``trainers.settings``).
 """
 from __future__ import annotations
 
 import csv
 import io
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,80 +15,17 @@ import numpy as np
 import torch
 
 from datasets.video import VideoClips, load_split, load_test_set
-from models.video3d import LAYER_NAMES, VideoAutoencoder
+from models.video3d import VideoAutoencoder
 from trainers.end_to_end import (END_TO_END_KIND, initial_centroids, score_videos,
                                  train_end_to_end)
-from trainers.engine import StageSettings
 from trainers.objective import MultiLayerObjective
 from trainers.one_class import OneClassModel
 from trainers.scoring import max_balanced_accuracy
-from trainers.two_stage import choose_layers
+from trainers.settings import VIDEO_DEBUG_BATCHES as DEBUG_BATCHES, PipelineSettings, VideoSettings
 from utils import results
 from utils.checkpoint import load_checkpoint
-from utils.errors import UserError
 from utils.io import write_text
 from utils.runtime import batch_placer, environment, memory_format, pick_device, set_seed
-
-DEBUG_BATCHES = 2
-
-
-@dataclass
-class VideoSettings:
-    """Everything the video pipeline reads, typed and built once from the resolved config."""
-
-    dataset: str
-    data_path: str
-    labels: str | None
-    frame_size: tuple[int, int]
-    remove_background: bool | None  # None: the layout decides (yes for Ped2/Avenue frames)
-    background_recipe: str
-    clip_length: int
-    code_length: int
-    hidden_size: int
-    num_layers: int
-    bidirectional: bool
-    use_selectors: bool
-    authors_reshape: bool
-    dropout: float
-    layers: list[int]
-    boundary: str
-    nu: float
-    layer_reduction: str
-    warm_up_epochs: int
-    recon_weight: float
-    stage: StageSettings
-    batch_size: int
-    clips_per_epoch: int
-    centroid_clips: int
-    test_batch_size: int
-    seed: int
-    channels_last: bool
-    debug: bool
-    resume: bool
-    test_checkpoint: str
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], layers: list[int]) -> "VideoSettings":
-        debug = bool(config["debug"])
-        stage = StageSettings("train", epochs=1 if debug else int(config["epochs"]),
-                              learning_rate=float(config["learning_rate"]), weight_decay=float(config["weight_decay"]),
-                              milestones=[int(m) for m in config["lr_milestones"]], optimizer=config["optimizer"],
-                              progress=not config["no_progress"], amp=bool(config["amp"]), compile=bool(config["compile"]))
-        return cls(
-            dataset=config["dataset"], data_path=config["data_path"], labels=config["labels"],
-            frame_size=tuple(int(v) for v in config["frame_size"]), remove_background=remove_bg(config),
-            background_recipe=config["background_recipe"], clip_length=int(config["clip_length"]),
-            code_length=int(config["code_length"]), hidden_size=int(config["hidden_size"]),
-            num_layers=int(config["num_layers"]), bidirectional=bool(config["bidirectional"]),
-            use_selectors=bool(config["use_selectors"]), authors_reshape=bool(config["authors_reshape"]),
-            dropout=float(config["dropout"]), layers=list(layers), boundary=config["boundary"], nu=float(config["nu"]),
-            layer_reduction=config["layer_reduction"], warm_up_epochs=int(config["warm_up_n_epochs"]),
-            recon_weight=float(config["recon_weight"]), stage=stage, batch_size=int(config["batch_size"]),
-            clips_per_epoch=int(config["clips_per_epoch"]), centroid_clips=int(config["centroid_clips"]),
-            test_batch_size=int(config["test_batch_size"]), seed=int(config["seed"]),
-            channels_last=bool(config["channels_last"]), debug=debug, resume=bool(config["resume"]),
-            test_checkpoint=config["test_checkpoint"])
-
 
 def model_arch(s: VideoSettings, shape: tuple[int, ...]) -> dict:
     return {"model": "video3d", "input_shape": list(shape), "code_length": s.code_length,
@@ -101,10 +38,6 @@ def build_model(arch: dict, layers: list[int], dropout: float) -> VideoAutoencod
                             num_layers=arch["num_layers"], dropout=dropout, bidirectional=arch["bidirectional"],
                             use_selectors=arch["use_selectors"], layer_indices=layers,
                             authors_reshape=arch["authors_reshape"])
-
-
-def remove_bg(config: dict) -> bool | None:
-    return {"auto": None, "yes": True, "no": False}[config["remove_background"]]
 
 
 def train(s: VideoSettings, run_dir: Path, device: torch.device, log) -> OneClassModel:
@@ -180,30 +113,24 @@ def test(model: OneClassModel, s: VideoSettings, run_dir: Path, device: torch.de
     return metrics
 
 
-def run_video(config: dict, log: Callable[[str], None] = print) -> dict | None:
-    """Run the stages chosen by -ee/-tt; return the metrics when the test stage ran."""
-    if config["pretrain"] or config["train"]:
-        raise UserError("video models train in one stage, as in the paper: use -ee (end to end) and -tt, "
-                        "not -ptr/-tr")
-    if not (config["end_to_end"] or config["test"]):
-        raise UserError("nothing to do: add -ee (end-to-end training) and/or -tt (test)")
-    device = pick_device(config["device"])
-    set_seed(int(config["seed"]), deterministic=bool(config["deterministic"]))
-    layers = choose_layers(config, tuple(LAYER_NAMES))
-    run_dir = results.run_dir_for({**config, "output_path": Path(config["output_path"])}, config["dataset"],
-                                  "video", layers)
+def run_video(s: VideoSettings, pipe: PipelineSettings, record: dict[str, Any], run_dir: Path,
+              log: Callable[[str], None] = print) -> dict | None:
+    """Run the stages chosen (-ee, -tt) into ``run_dir`` (which saves ``record`` as its config);
+    return the metrics when the test stage ran."""
+    if not (pipe.train or pipe.test):
+        raise ValueError("nothing to do: add -ee (end-to-end training) and/or -tt (test)")
+    device = pick_device(pipe.device)
+    set_seed(s.seed, deterministic=pipe.deterministic)
     run_dir.mkdir(parents=True, exist_ok=True)
-    results.write_config(run_dir, config, environment(device))
+    results.write_config(run_dir, record, environment(device))
     log(f"run folder: {run_dir}")
-    settings = VideoSettings.from_config(config, layers)
     timings: dict[str, float] = {}
-    if config["end_to_end"]:
+    if pipe.train:
         t0 = time.perf_counter()
-        model = train(settings, run_dir, device, log)
+        model = train(s, run_dir, device, log)
         timings["train_s"] = time.perf_counter() - t0
     else:
-        if not config["model_ckp"]:
-            raise UserError("-tt without -ee needs -ck <trained checkpoint (model.pt of an earlier run)>")
-        model = load_trained(results.tested_checkpoint(Path(config["model_ckp"]), config), device)
-    return test(model, settings, run_dir, device, timings, log) if config["test"] else None
-
+        if pipe.checkpoint is None:
+            raise ValueError("-tt without -ee needs -ck <trained checkpoint (model.pt of an earlier run)>")
+        model = load_trained(results.tested_checkpoint(pipe.checkpoint, pipe.test_checkpoint), device)
+    return test(model, s, run_dir, device, timings, log) if pipe.test else None

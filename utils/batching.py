@@ -44,6 +44,12 @@ class TensorSource:
         n = -(-len(self) // batch_size)
         return min(n, limit) if limit else n
 
+    def to(self, device: torch.device) -> "TensorSource":
+        """The same source with its data resident on ``device`` (transform and epoch length kept)."""
+        if self.data.device == device:
+            return self
+        return TensorSource(self.data.to(device), self.transform, self.samples_per_epoch)
+
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
                 limit: int | None = None, drop_singleton: bool = False) -> Iterator[Tensor]:
         """Yield batches (see ``batch_slices`` for ``limit`` and ``drop_singleton``)."""

@@ -115,6 +115,10 @@ def cifar10_parser() -> argparse.ArgumentParser:
     p.add_argument("-nc", "--normal-class", dest="normal_class", type=int, default=5, help="normal class 0-9")
     p.add_argument("--download", action="store_true", default=False,
                    help="download the official CIFAR-10 pickles into -dp if missing (needs internet)")
+    p.add_argument("--classes", type=int, nargs="+", default=None,
+                   help="several normal classes: every --classes x --seeds run trains as one grouped model "
+                        "(K runs at once; -ptr -tr -tt), each writing its own ordinary run folder")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="several seeds (see --classes)")
     return p
 
 
@@ -209,6 +213,28 @@ def resolve_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None =
     config["config_file"] = args.config
     config["presets"] = list(args.preset)
     return config
+
+
+RUN_LIST_KEYS = {"classes": "normal_class", "seeds": "seed"}  # --classes / --seeds -> one run per value
+
+
+def expand_runs(parser: argparse.ArgumentParser, argv: Sequence[str], config: dict[str, Any]) -> list[dict[str, Any]]:
+    """One config per --classes x --seeds run, each as ``-nc <class> -s <seed>`` alone would resolve it.
+
+    Runs trained together must share every other setting: a YAML ``per_class`` section that changes
+    one for some class is refused (run that class on its own).
+    """
+    lists = {key: config.pop(key, None) for key in RUN_LIST_KEYS}
+    classes = lists["classes"] or [config["normal_class"]]
+    seeds = lists["seeds"] or [config["seed"]]
+    if len(classes) * len(seeds) > 1:
+        for c in classes:
+            other = resolve_config(parser, [*argv, "-nc", str(c)])
+            diff = sorted(k for k in config if k != "normal_class" and other[k] != config[k])
+            if diff:
+                raise UserError(f"class {c} has its own settings in {config['config_file']} ({', '.join(diff)}): "
+                                "runs trained together must share every setting; run that class separately")
+    return [{**config, "normal_class": c, "seed": s} for c in classes for s in seeds]
 
 
 def video_parser() -> argparse.ArgumentParser:

@@ -86,9 +86,9 @@ def run_dir_for(config: Mapping[str, Any], dataset: str, class_name: str, layers
     return Path(config["output_path"]) / dataset / class_name / default_run_name(config, layers)
 
 
-def tested_checkpoint(path: Path, config: Mapping[str, Any]) -> Path:
+def tested_checkpoint(path: Path, which: str) -> Path:
     """-tt -ck <model.pt>: with --test-checkpoint best-loss, the lowest-loss epoch saved beside it."""
-    if config["test_checkpoint"] != "best-loss" or path.name == BEST_CHECKPOINT:
+    if which != "best-loss" or path.name == BEST_CHECKPOINT:
         return path
     best = path.with_name(BEST_CHECKPOINT)
     if not best.is_file():
