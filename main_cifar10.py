@@ -15,7 +15,7 @@ from trainers.settings import choose_layers, method_settings, pipeline_settings
 from trainers.two_stage import ImageExperiment, ImageRun, ModelGroup, run_two_stage
 from utils import results
 from utils.batching import TensorSource
-from utils.cli import CONFIG_DIR, cifar10_parser, expand_runs, resolve_config
+from utils.cli import CONFIG_DIR, cifar10_parser, expand_runs, resolve_config, test_only_config
 from utils.errors import exit_on_user_error
 
 DEFAULT_CONFIG = CONFIG_DIR / "cifar10.yaml"
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> dict | list[dict] | None:
     if "--config" not in argv:
         argv = ["--config", str(DEFAULT_CONFIG)] + argv
     parser = cifar10_parser()
-    config = resolve_config(parser, argv)
+    config = test_only_config(parser, argv, resolve_config(parser, argv))
     configs = expand_runs(parser, argv, config)
     layers = choose_layers(config["idx_list_enc"], LAYER_INDICES)
     return run_two_stage(build_experiment(configs, layers), method_settings(configs[0], layers),

@@ -12,7 +12,7 @@ from trainers.settings import choose_layers, method_settings, pipeline_settings
 from trainers.two_stage import ImageExperiment, ImageRun, run_two_stage
 from utils import results
 from utils.batching import TensorSource
-from utils.cli import CONFIG_DIR, mvtec_parser, resolve_config
+from utils.cli import CONFIG_DIR, mvtec_parser, resolve_config, test_only_config
 from utils.errors import exit_on_user_error
 
 DEFAULT_CONFIG = CONFIG_DIR / "mvtec.yaml"
@@ -59,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--config" not in argv:
         argv = ["--config", str(DEFAULT_CONFIG)] + argv
-    config = resolve_config(mvtec_parser(), argv)
+    parser = mvtec_parser()
+    config = test_only_config(parser, argv, resolve_config(parser, argv))
     if config["disable_logging"]:
         config["no_progress"] = True
     log = (lambda s: None) if config["disable_logging"] else print

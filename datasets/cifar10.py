@@ -10,12 +10,11 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
-from utils.io import cache_dir, cache_key, cached_array
+from utils.io import cache_dir, cache_key, cached_array, read_image
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # (min, max) of the L1 global-contrast-normalised training images of each normal class (Deep SVDD / MOCCA).
@@ -46,10 +45,20 @@ class OneClassData:
     normal_class: int
 
 
-def global_contrast_normalization(x: Tensor) -> Tensor:
-    """Per image: subtract the mean over all values, divide by the mean absolute deviation (L1 scale)."""
+def global_contrast_normalization(x: Tensor, what: str = "image") -> Tensor:
+    """Per image: subtract the mean over all values, divide by the mean absolute deviation (L1 scale).
+
+    A constant image has no contrast to normalise (0 / 0): ValueError naming it (``what``: which
+    set, for the message), instead of a NaN loss blamed on the learning rate.
+    """
     x = x - x.mean(dim=(1, 2, 3), keepdim=True)
-    return x / x.abs().mean(dim=(1, 2, 3), keepdim=True)
+    scale = x.abs().mean(dim=(1, 2, 3), keepdim=True)
+    flat = (scale.flatten() == 0).nonzero().flatten().tolist()
+    if flat:
+        which = ", ".join(f"{what} {i}" for i in flat[:3])
+        raise ValueError(f"{len(flat)} image(s) are constant (every pixel the same value, e.g. {which} in file order): "
+                         "global contrast normalisation divides by their zero contrast; remove them")
+    return x / scale
 
 
 def min_max_scale(x: Tensor, normal_class: int) -> Tensor:
@@ -58,10 +67,10 @@ def min_max_scale(x: Tensor, normal_class: int) -> Tensor:
     return (x - lo) / (hi - lo)
 
 
-def preprocess(images_uint8_nhwc: np.ndarray, normal_class: int) -> Tensor:
+def preprocess(images_uint8_nhwc: np.ndarray, normal_class: int, what: str = "image") -> Tensor:
     """uint8 (N, 32, 32, 3) -> float32 (N, 3, 32, 32): ToTensor, GCN-L1, per-class min-max."""
     x = torch.from_numpy(np.array(images_uint8_nhwc)).permute(0, 3, 1, 2).float() / 255.0  # copy: cache is read-only
-    return min_max_scale(global_contrast_normalization(x), normal_class).contiguous()
+    return min_max_scale(global_contrast_normalization(x, what), normal_class).contiguous()
 
 
 def check_class(normal_class: int) -> None:
@@ -123,9 +132,7 @@ def _decode_folder(folder: Path) -> np.ndarray:
         raise ValueError(f"no images in {folder}")
     out = np.empty((len(files), 32, 32, 3), dtype=np.uint8)
     for i, f in enumerate(files):
-        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
-        if img is None:
-            raise ValueError(f"cannot decode image {f}: the file is corrupt or not an image; remove or replace it")
+        img = read_image(f)
         if img.shape[:2] != (32, 32):
             raise ValueError(f"image {f} is {img.shape[1]}x{img.shape[0]}, CIFAR-10 images are 32x32")
         out[i] = img[:, :, ::-1]  # BGR -> RGB
@@ -174,8 +181,8 @@ def load_one_class(data_path: str | Path, normal_class: int, download: bool = Fa
     if len(x_tr) == 0:
         raise ValueError(f"no training images of class {normal_class} under {data_path}")
     return OneClassData(
-        train=preprocess(x_tr, normal_class),
-        test=preprocess(x_te, normal_class),
+        train=preprocess(x_tr, normal_class, f"training image of class {normal_class}:"),
+        test=preprocess(x_te, normal_class, "test image"),
         test_labels=(y_te != normal_class).astype(np.int64),
         test_classes=y_te.astype(np.int64),
         normal_class=normal_class,

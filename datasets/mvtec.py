@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.io import cache_key, cached_array
+from utils.io import cache_key, cached_array, read_image
 
 # ---------------------------------------------------------------------------------------------
 # Category facts: the one place that says how each MVTec AD category is handled.
@@ -131,9 +131,9 @@ class MVTecData:
 def load_mvtec(root: str | os.PathLike, category: str | CategorySpec, with_masks: bool = False) -> MVTecData:
     """Load ``<root>/<category>`` in the official layout, decoding each image only once.
 
-    ``root`` is the folder holding the category folders. Mask pairing is always checked; the masks
-    themselves are decoded only with ``with_masks`` (image-level AD does not need them). A category
-    of your own may have no ``ground_truth`` folder (image-level results only).
+    ``root`` is the folder holding the category folders. Masks are always paired with their images,
+    decoded and checked (an image each, of its image's size) when present; ``with_masks`` makes them
+    required. A category of your own may have no ``ground_truth`` folder (image-level results only).
     """
     spec = category if isinstance(category, CategorySpec) else category_spec(category)
     category = spec.name
@@ -151,7 +151,7 @@ def load_mvtec(root: str | os.PathLike, category: str | CategorySpec, with_masks
     train = _cached_images(folder, "train", train_files, size, grey=False)
     test = _cached_images(folder, "test", test_files, size, grey=False)
     masks = None
-    if with_masks:
+    if with_masks or any(m is not None for m in mask_files):  # read and checked once, then cached
         masks = _load_masks(folder, mask_files, test_files, size)
     labels = torch.tensor([0 if d == GOOD else 1 for d in test_defects], dtype=torch.long)
     return MVTecData(
@@ -253,24 +253,42 @@ def _file_signature(files: Sequence[Path], base: Path) -> list[tuple[str, int, i
     return out
 
 
-def _cached_images(folder: Path, split: str, files: list[Path], size: int, grey: bool) -> torch.Tensor:
+def _cached_images(folder: Path, split: str, files: list[Path], size: int, grey: bool,
+                   build: Callable[[], np.ndarray] | None = None) -> torch.Tensor:
     """Decode + resize ``files`` once into a uint8 (N, C, S, S) array cached on disk."""
     key = cache_key(str(folder.resolve()), split, size, grey, RESIZE_INTERPOLATION, _CACHE_VERSION,
                     _file_signature(files, folder))
     name = f"mvtec-{folder.name}-{split}-{size}"
-    array = cached_array(name, key, lambda: _decode_all(files, size, grey))
+    array = cached_array(name, key, build or (lambda: _decode_all(files, size, grey)))
     return torch.from_numpy(np.array(array))  # copy: the cache is a read-only memory map
 
 
 def _load_masks(folder: Path, masks: list[Optional[Path]], images: list[Path], size: int) -> torch.Tensor:
     """Binary masks (M, 1, S, S) for the test images; zeros for good images."""
     present = [m for m in masks if m is not None]
+    paired = [img for img, m in zip(images, masks) if m is not None]
     out = torch.zeros((len(masks), 1, size, size), dtype=torch.uint8)
     if present:
-        decoded = _cached_images(folder, "masks", present, size, grey=True)
+        decoded = _cached_images(folder, "masks", present, size, grey=True,
+                                 build=lambda: _decode_masks(present, paired, size))
         rows = [i for i, m in enumerate(masks) if m is not None]
         out[rows] = (decoded >= 128).to(torch.uint8)
     return out
+
+
+def _decode_masks(masks: list[Path], images: list[Path], size: int) -> np.ndarray:
+    """Decode the masks after checking each is an image of its test image's size (a mask of another
+    size would be stretched onto the wrong pixels)."""
+    from PIL import Image  # header-only size reads (Pillow comes with torchvision)
+
+    for mask, image in zip(masks, images):
+        m = read_image(mask, grey=True)
+        with Image.open(image) as im:
+            width, height = im.size
+        if m.shape != (height, width):
+            raise ValueError(f"mask {mask} is {m.shape[1]}x{m.shape[0]} but its image {image} is {width}x{height}; "
+                             "replace the mask with one of the image's size")
+    return _decode_all(masks, size, grey=True)
 
 
 def _decode_all(files: list[Path], size: int, grey: bool) -> np.ndarray:
@@ -283,10 +301,7 @@ def _decode_all(files: list[Path], size: int, grey: bool) -> np.ndarray:
 
 def decode_image(path: Path, size: int, grey: bool) -> np.ndarray:
     """Read one PNG as RGB (grey-scale files become 3 equal channels) or as one grey channel."""
-    flags = cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR  # IMREAD_COLOR expands 1-channel files
-    image = cv2.imread(str(path), flags)
-    if image is None:
-        raise ValueError(f"cannot read image {path}: the file is missing, unreadable or not a valid image")
+    image = read_image(path, grey)  # grey-scale files become 3 equal channels unless ``grey``
     h, w = image.shape[:2]
     if min(h, w) < MIN_IMAGE_SIDE:
         raise ValueError(f"image {path} is {w}x{h}: its short side must be at least {MIN_IMAGE_SIDE} px")

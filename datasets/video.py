@@ -42,6 +42,7 @@ from datasets.background import (
     remove_background,
 )
 from utils.io import atomic_path, cache_dir, cache_key, cached_array
+from utils.io import read_image as io_read_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov")
@@ -134,10 +135,7 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def read_image(path: Path) -> np.ndarray:
     """One frame as (H, W, 3) uint8 in cv2's BGR order; ValueError when it cannot be decoded."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"cannot decode image {path}; the file is missing or corrupt")
-    return image
+    return io_read_image(path)
 
 
 def _stack_frames(frames: list[np.ndarray], where: str) -> np.ndarray:
@@ -434,6 +432,23 @@ def load_test_labels(
         return labels_for_clips(clip_names, n_frames, intervals=read_mat_intervals(path))
     array = _load_npy(path)
     return labels_for_clips(clip_names, n_frames, concatenated=array, full_lengths=spec.test_clip_lengths)
+
+
+def check_test_set(root: str | os.PathLike, fmt: str, labels_path: str | os.PathLike | None,
+                   clip_length: int) -> int:
+    """What the test stage needs, checked before training: the layout, a label per frame, at least
+    one clip per video, and the first and last frame of each video decodable. Returns the number of
+    test videos (a ValueError or FileNotFoundError names what is missing)."""
+    dirs = video_dirs(root, fmt, "testing")
+    counts = [count_frames(d) for _, d in dirs]
+    load_test_labels(root, fmt, [name for name, _ in dirs], counts, labels_path)
+    for (name, d), n in zip(dirs, counts):
+        if n < clip_length:
+            raise ValueError(f"test video {d} has {n} frames, fewer than one clip of {clip_length} (-cl)")
+        files = list_frame_files(d)
+        read_image(files[0])
+        read_image(files[-1])
+    return len(dirs)
 
 
 def load_test_set(

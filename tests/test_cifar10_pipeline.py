@@ -130,12 +130,12 @@ def test_best_loss_checkpoint_is_the_lowest_training_loss_epoch(data_root, tmp_p
     assert best["epoch"] == max(i + 1 for i, v in enumerate(losses) if v == min(losses))
     assert m["test_checkpoint"] == "best-loss"
     again = run(data_root, tmp_path / "t", "-tt", "-ck", str(tmp_path / "r" / "model.pt"), "--test-checkpoint",
-                "best-loss")
+                "best-loss", "-e", "4")  # flags that contradict the trained model are refused
     assert again["auc"] == m["auc"]
-    last = run(data_root, tmp_path / "l", "-tt", "-ck", str(tmp_path / "r" / "model.pt"))
+    last = run(data_root, tmp_path / "l", "-tt", "-ck", str(tmp_path / "r" / "model.pt"), "-e", "4")
     assert last["test_checkpoint"] == "last"
     (tmp_path / "r" / "model_best.pt").unlink()
     msg = expect_user_error(main, capsys, ["-dp", str(data_root), "-nc", "1", "--run-dir", str(tmp_path / "u"), *FAST,
                                            "-tt", "-ck", str(tmp_path / "r" / "model.pt"), "--test-checkpoint",
-                                           "best-loss"])
+                                           "best-loss", "-e", "4"])
     assert "model_best.pt" in msg

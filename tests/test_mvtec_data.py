@@ -64,7 +64,7 @@ def test_layout_parsing_and_labels(bottle_root):
     assert [Path(p).relative_to(bottle_root).as_posix() for p in data.test_paths][:3] == [
         "bottle/test/crack/000.png", "bottle/test/crack/001.png", "bottle/test/good/000.png"]
     assert not data.is_texture and data.rotation == (-45.0, 45.0) and data.input_size == 128
-    assert data.test_masks is None
+    assert data.test_masks is not None and data.test_masks.shape == (6, 1, 128, 128)  # always read and checked
 
 
 def test_rgb_order(bottle_root):
@@ -138,7 +138,7 @@ def test_empty_folder(bottle_root):
 def test_unreadable_png_is_named(bottle_root):
     bad = bottle_root / "bottle/test/good/001.png"
     bad.write_bytes(b"not a png at all")
-    assert "001.png" in _error(bottle_root) and "cannot read" in _error(bottle_root)
+    assert "001.png" in _error(bottle_root) and "cannot decode" in _error(bottle_root)
 
 
 def test_truncated_png_is_named(bottle_root):
@@ -169,19 +169,19 @@ def test_too_small_image(bottle_root):
 
 def test_cache_reused_and_invalidated(bottle_root, monkeypatch):
     first = load_mvtec(bottle_root, "bottle", with_masks=True)
-    real_imread = cv2.imread
+    real_imdecode = cv2.imdecode  # every image file is decoded from its checked bytes
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again although the cache is valid")
 
-    monkeypatch.setattr(cv2, "imread", no_decoding)
+    monkeypatch.setattr(cv2, "imdecode", no_decoding)
     second = load_mvtec(bottle_root, "bottle", with_masks=True)
     assert torch.equal(first.train, second.train) and torch.equal(first.test, second.test)
     assert torch.equal(first.test_masks, second.test_masks)
     second.train[0] += 1  # returned tensors are writable copies, not the read-only cache
 
     calls = []
-    monkeypatch.setattr(cv2, "imread", lambda *a, **k: calls.append(a[0]) or real_imread(*a, **k))
+    monkeypatch.setattr(cv2, "imdecode", lambda *a, **k: calls.append(1) or real_imdecode(*a, **k))
     changed = bottle_root / "bottle/train/good/001.png"
     st = changed.stat()
     os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))

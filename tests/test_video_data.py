@@ -37,7 +37,7 @@ def _no_decoding(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("decoded a frame although the clip is cached")
 
-    monkeypatch.setattr(cv2, "imread", boom)
+    monkeypatch.setattr(cv2, "imdecode", boom)
 
 
 # ---------------------------------------------------------------- background removal

@@ -103,5 +103,5 @@ def test_best_loss_checkpoint_is_tested(tmp_path):
     best = torch.load(tmp_path / "r" / "model_best.pt", weights_only=False)
     assert best["epoch"] == max(i + 1 for i, v in enumerate(losses) if v == min(losses))
     again = main(["-dp", str(root), "-tt", "-ck", str(tmp_path / "r" / "model_best.pt"), "--run-dir",
-                  str(tmp_path / "t"), *FAST])
+                  str(tmp_path / "t"), *FAST, "-e", "3"])
     assert m["test_checkpoint"] == "best-loss" and again["auc"] == pytest.approx(m["auc"])

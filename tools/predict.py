@@ -11,7 +11,6 @@ layers; the (1 - nu) quantile of the training scores for the hard boundary).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import sys
@@ -24,8 +23,9 @@ import torch
 import yaml
 
 from trainers.mocca import MOCCA
+from utils import cli
 from utils.errors import UserError, exit_on_user_error
-from utils.io import write_text
+from utils.io import read_image, write_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -48,9 +48,7 @@ def image_files(inputs: Sequence[str]) -> list[Path]:
 
 def read_rgb(path: Path, size: int) -> np.ndarray:
     """(size, size, 3) uint8 RGB for CIFAR-10 models; a file OpenCV cannot decode is an error naming it."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise UserError(f"cannot read image {path}: the file is missing, corrupt or not an image")
+    image = read_image(path)
     if image.shape[:2] != (size, size):
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(image[:, :, ::-1])
@@ -117,7 +115,7 @@ def predict(checkpoint: Path, inputs: Sequence[str], out: Path, threshold: float
 
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser("python -m tools.predict", description=__doc__.splitlines()[0])
+    p = cli.FlagParser("python -m tools.predict", description=__doc__.splitlines()[0])
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     p.add_argument("-ck", "--model-ckp", dest="checkpoint", required=True, help="model.pt of a trained run")
     p.add_argument("--out", required=True, help="CSV to write: path, score, score_layer_<j>, threshold, anomalous")

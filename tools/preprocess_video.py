@@ -9,11 +9,12 @@ from typing import Sequence
 
 from datasets.background import DEFAULT_DILATE_ITERATIONS, DEFAULT_RECIPE, DEFAULT_THRESHOLD, RECIPES
 from datasets.video import SHANGHAITECH_SIZE, preprocess_shanghaitech
+from utils import cli
 from utils.errors import exit_on_user_error
 
 
 def _parser() -> argparse.ArgumentParser:
-    pre = argparse.ArgumentParser(prog="python -m tools.preprocess_video", description=__doc__.splitlines()[0])
+    pre = cli.FlagParser(prog="python -m tools.preprocess_video", description=__doc__.splitlines()[0])
     pre.add_argument("--src", required=True, help="official ShanghaiTech root (training/videos, testing/frames)")
     pre.add_argument("--dst", required=True, help="output root (the -dp of training)")
     pre.add_argument("--size", type=int, nargs=2, default=list(SHANGHAITECH_SIZE), metavar=("H", "W"))

@@ -31,8 +31,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import yaml
 
-from utils import results
-from utils.cli import PROJECT_ROOT
+from utils import cli, results
+from utils.cli import PROJECT_ROOT, check_writable
 from utils.errors import UserError, exit_on_user_error
 from utils.io import write_text
 
@@ -593,7 +593,7 @@ def write_report(folder: Path, out: Path | None = None, plots: bool = True,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.FlagParser(
         "python -m tools.report",
         description="Aggregate finished runs (every metrics.json below FOLDER) into the paper's table layouts "
                     "(mean ± std over seeds, beside the paper's values) as Markdown + CSV, and draw figures.")
@@ -607,10 +607,13 @@ def build_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not Path(args.folder).is_dir():
+        raise UserError(f"{args.folder} is not a folder: give a sweep folder or a folder of run folders")
+    out = Path(args.out) if args.out else Path(args.folder) / "report"
+    check_writable(out, "--out")
     text, _, figures = write_report(Path(args.folder), Path(args.out) if args.out else None, args.plots,
                                     Path(args.paper_dir))
     print(text)
-    out = Path(args.out) if args.out else Path(args.folder) / "report"
     print(f"written: {out / 'report.md'} (+ CSV tables{f', {len(figures)} figures' if figures else ''})")
     return 0
 

@@ -559,7 +559,13 @@ def write_sweep_file(spec: SweepSpec, runs: Sequence[RunJob], argv: Sequence[str
     """<out>/sweep.yaml: the grid, the shared settings and the command, for the report and for reruns."""
     path = spec.out / SWEEP_FILE
     if path.is_file():
-        old = yaml.safe_load(path.read_text()) or {}
+        try:
+            old = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"{path} is not valid YAML ({str(err).splitlines()[0]}): fix or delete it (it is "
+                            "rewritten from this command), or use another --out") from err
+        if not isinstance(old, dict) or not isinstance(old.get("fixed", {}), dict):
+            raise UserError(f"{path} does not hold a sweep description: delete it or use another --out")
         if old.get("fixed") not in (None, spec.fixed()):
             diff = {k: (old["fixed"].get(k), v) for k, v in spec.fixed().items() if old["fixed"].get(k) != v}
             raise UserError(f"{spec.out} holds a sweep with other shared settings "
@@ -585,7 +591,7 @@ def write_sweep_file(spec: SweepSpec, runs: Sequence[RunJob], argv: Sequence[str
 # ------------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.FlagParser(
         "python -m tools.sweep",
         description="Run a grid of MOCCA experiments (classes x seeds x boundaries x layer sets x --set values) "
                     "as subprocesses of main_<dataset>.py, sharing stage-1 pretraining; rerun the same command "
@@ -741,6 +747,7 @@ def main(argv: Sequence[str] | None = None, runner: Runner = subprocess_runner) 
     """Plan, write sweep.yaml, run; returns the exit status (1 when any job failed)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     spec, args = parse_spec(argv)
+    cli.check_writable(spec.out, "--out")
     entry = PROJECT_ROOT / spec.info.entry
     runs = expand_grid(spec)
     if wants_batched(spec, args.batched):

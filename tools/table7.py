@@ -13,6 +13,7 @@ import sys
 from typing import Sequence
 
 from tools import report, sweep
+from utils import cli
 
 TABLE7_LAYER_SETS = ("6", "5,6", "4,5,6", "3,4,5,6", "2,3,4,5,6", "1,2,3,4,5,6", "0,1,2,3,4,5,6")
 
@@ -21,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     passthrough = argv[argv.index("--"):] if "--" in argv else []
     own = argv[: len(argv) - len(passthrough)]
-    p = argparse.ArgumentParser("python -m tools.table7", description=__doc__,
+    p = cli.FlagParser("python -m tools.table7", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("category")
     p.add_argument("-dp", "--data-path", required=True)

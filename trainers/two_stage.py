@@ -72,14 +72,36 @@ def run_two_stage(exp: ImageExperiment, method: MethodSettings, pipe: PipelineSe
     runs, k = exp.runs, len(exp.runs)
     if k > 1:
         _check_group(exp, pipe)
+    if not pipe.pretrain and (pipe.train or pipe.test):
+        what = ("-tr without -ptr needs -ck <AE checkpoint (ae.pt of an earlier run)>" if pipe.train else
+                "-tt without -tr needs -ck <trained checkpoint (model.pt of an earlier run)>")
+        if pipe.checkpoint is None:
+            raise ValueError(what)
+        if not pipe.checkpoint.is_file():
+            raise FileNotFoundError(f"checkpoint {pipe.checkpoint} not found: {what}")
     device = pick_device(pipe.device)
-    set_seed(runs[0].seed, deterministic=pipe.deterministic)
+    check_buildable(exp, method.layers)  # before any folder exists: sizes the models cannot take fail here
     env = environment(device)
-    for r, run in enumerate(runs):
-        run.folder.mkdir(parents=True, exist_ok=True)
-        results.write_config(run.folder, run.record, {**env, **({"grouped": {"k": k, "index": r}} if k > 1 else {})})
-    log(f"run folder: {runs[0].folder}" if k == 1 else
-        f"{k} runs trained as one grouped model on {device}: " + ", ".join(str(r.folder) for r in runs))
+    outputs = [*(results.PRETRAIN_OUTPUTS if pipe.pretrain else ()), *(results.TRAIN_OUTPUTS if pipe.train else ())]
+    with results.open_runs([r.folder for r in runs], [r.record for r in runs],
+                           [{**env, **({"grouped": {"k": k, "index": r}} if k > 1 else {})} for r in range(k)],
+                           resume=pipe.resume, outputs=outputs, inputs=[pipe.checkpoint] if pipe.checkpoint else []):
+        log(f"run folder: {runs[0].folder}" if k == 1 else
+            f"{k} runs trained as one grouped model on {device}: " + ", ".join(str(r.folder) for r in runs))
+        return _run(exp, method, pipe, device, log)
+
+
+def check_buildable(exp: ImageExperiment, layers: list[int]) -> None:
+    """Build the models once on the meta device (no memory, no random numbers): a ValueError for an
+    unusable size or layer set comes before any run folder or training."""
+    with torch.device("meta"):
+        exp.make_feature_net(exp.make_autoencoder().encoder, list(layers))
+
+
+def _run(exp: ImageExperiment, method: MethodSettings, pipe: PipelineSettings, device: torch.device,
+         log: Callable[[str], None]) -> dict | list[dict] | None:
+    runs, k = exp.runs, len(exp.runs)
+    set_seed(runs[0].seed, deterministic=pipe.deterministic)
     if k == 1:
         layout = SingleRun(runs[0].seed, exp.make_autoencoder, exp.make_feature_net)
         train = runs[0].train.to(device)  # resident once for both stages

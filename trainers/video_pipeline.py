@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from datasets.video import VideoClips, load_split, load_test_set
+from datasets.video import VideoClips, check_test_set, load_split, load_test_set
 from models.video3d import VideoAutoencoder
 from trainers.end_to_end import (END_TO_END_KIND, initial_centroids, score_videos,
                                  train_end_to_end)
@@ -119,18 +119,25 @@ def run_video(s: VideoSettings, pipe: PipelineSettings, record: dict[str, Any], 
     return the metrics when the test stage ran."""
     if not (pipe.train or pipe.test):
         raise ValueError("nothing to do: add -ee (end-to-end training) and/or -tt (test)")
-    device = pick_device(pipe.device)
-    set_seed(s.seed, deterministic=pipe.deterministic)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    results.write_config(run_dir, record, environment(device))
-    log(f"run folder: {run_dir}")
-    timings: dict[str, float] = {}
-    if pipe.train:
-        t0 = time.perf_counter()
-        model = train(s, run_dir, device, log)
-        timings["train_s"] = time.perf_counter() - t0
-    else:
+    if not pipe.train:
         if pipe.checkpoint is None:
             raise ValueError("-tt without -ee needs -ck <trained checkpoint (model.pt of an earlier run)>")
-        model = load_trained(results.tested_checkpoint(pipe.checkpoint, pipe.test_checkpoint), device)
-    return test(model, s, run_dir, device, timings, log) if pipe.test else None
+        ckpt = results.tested_checkpoint(pipe.checkpoint, pipe.test_checkpoint)
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"checkpoint {ckpt} not found: check -ck")
+    if pipe.test:  # before training: the test stage must not fail after hours of it
+        check_test_set(s.data_path, s.dataset, s.labels, s.clip_length)
+    device = pick_device(pipe.device)
+    outputs = results.TRAIN_OUTPUTS if pipe.train else ()
+    with results.open_runs([run_dir], [record], [environment(device)], resume=s.resume, outputs=outputs,
+                           inputs=[pipe.checkpoint] if pipe.checkpoint else []):
+        log(f"run folder: {run_dir}")
+        set_seed(s.seed, deterministic=pipe.deterministic)
+        timings: dict[str, float] = {}
+        if pipe.train:
+            t0 = time.perf_counter()
+            model = train(s, run_dir, device, log)
+            timings["train_s"] = time.perf_counter() - t0
+        else:
+            model = load_trained(ckpt, device)
+        return test(model, s, run_dir, device, timings, log) if pipe.test else None

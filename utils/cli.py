@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,6 +21,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "configs"
 # keys that only steer the CLI and are never stored as hyperparameters
 _META_KEYS = {"config", "preset"}
+
+
+class FlagParser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``error: <what>; see --help``) and exit status 2, like
+    every other bad input, instead of the usage block."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message}; see {self.prog} --help", file=sys.stderr)
+        sys.exit(2)
 
 
 def _reject(p: argparse.ArgumentParser, *flags: str, dest: str, why: str, nargs: str | None = None,
@@ -105,7 +116,7 @@ def _two_stage_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cifar10_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("main_cifar10.py", description="MOCCA on CIFAR-10 (one class = normal)")
+    p = FlagParser("main_cifar10.py", description="MOCCA on CIFAR-10 (one class = normal)")
     _common_flags(p, code_length=32, batch_size=256, warm_up=10)
     _two_stage_flags(p)
     _reject(p, "--use-selectors", dest="use_selectors", switch=True,
@@ -123,7 +134,7 @@ def cifar10_parser() -> argparse.ArgumentParser:
 
 
 def mvtec_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("main_mvtec.py", description="MOCCA on MVTec AD (one category = normal)")
+    p = FlagParser("main_mvtec.py", description="MOCCA on MVTec AD (one category = normal)")
     _common_flags(p, code_length=64, batch_size=128, warm_up=5)
     _two_stage_flags(p)
     p.add_argument("--use-selectors", dest="use_selectors", action="store_true", default=True,
@@ -212,7 +223,91 @@ def resolve_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None =
             raise UserError(f"{flag}: {why}")
     config["config_file"] = args.config
     config["presets"] = list(args.preset)
+    check_values(config)
     return config
+
+
+# Range of every numeric setting: (flag, type, test, what it must be). Checked once, right after the
+# flags and YAML are resolved, by every entry script: nothing trains with a value that cannot work.
+_POSITIVE = (lambda v: v > 0, "> 0")
+_NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+_RANGES: dict[str, tuple[str, type, Any, str]] = {
+    "batch_size": ("-bs", int, *_POSITIVE),
+    "test_batch_size": ("--test-batch-size", int, *_POSITIVE),
+    "learning_rate": ("-lr", float, *_POSITIVE),
+    "ae_learning_rate": ("-alr", float, *_POSITIVE),
+    "weight_decay": ("-wd", float, *_NON_NEGATIVE),
+    "ae_weight_decay": ("-awd", float, *_NON_NEGATIVE),
+    "epochs": ("-e", int, *_NON_NEGATIVE),
+    "ae_epochs": ("-ae", int, *_NON_NEGATIVE),
+    "warm_up_n_epochs": ("-we", int, *_NON_NEGATIVE),
+    "nu": ("-nu", float, lambda v: 0 < v <= 1, "in (0, 1]: the fraction of training data allowed outside the sphere"),
+    "code_length": ("-zl", int, *_POSITIVE),
+    "image_size": ("--image-size", int, *_POSITIVE),
+    "samples_per_epoch": ("--samples-per-epoch", int, lambda v: v >= 0, ">= 0 (0 = one pass over the images)"),
+    "seed": ("-s", int, lambda v: v >= -1, ">= 0, or -1 for unseeded"),
+    "clip_length": ("-cl", int, *_POSITIVE),
+    "clips_per_epoch": ("--clips-per-epoch", int, *_POSITIVE),
+    "centroid_clips": ("--centroid-clips", int, *_POSITIVE),
+    "hidden_size": ("-hs", int, *_POSITIVE),
+    "num_layers": ("-nl", int, *_POSITIVE),
+    "dropout": ("-drp", float, lambda v: 0 <= v < 1, "in [0, 1)"),
+    "recon_weight": ("--recon-weight", float, *_NON_NEGATIVE),
+}
+_LIST_RANGES: dict[str, tuple[str, Any, str]] = {
+    "lr_milestones": ("-ml", lambda v: v >= 1, "epochs >= 1"),
+    "ae_lr_milestones": ("-aml", lambda v: v >= 1, "epochs >= 1"),
+    "frame_size": ("--frame-size", lambda v: v >= 1, "sizes >= 1"),
+    "idx_list_enc": ("-ile", lambda v: v >= 0, "layer indices >= 0"),
+}
+
+
+def _is(value: Any, kind: type) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) if kind is int else isinstance(value, (int, float))
+
+
+def check_values(config: dict[str, Any]) -> None:
+    """Type and range of every numeric setting, the epochs of the stages asked for, and the output
+    folders; a UserError naming the flag and what it must be."""
+    for key, (flag, kind, ok, must) in _RANGES.items():
+        if key not in config or config[key] is None:
+            continue
+        value = config[key]
+        if not _is(value, kind) or (kind is float and value != value):
+            raise UserError(f"{flag} {value!r}: must be {'an integer' if kind is int else 'a number'} {must}")
+        if not ok(value):
+            raise UserError(f"{flag} {value}: must be {must}")
+    for key, (flag, ok, must) in _LIST_RANGES.items():
+        values = config.get(key)
+        if values is None:
+            continue
+        if not isinstance(values, (list, tuple)) or not all(_is(v, int) and ok(v) for v in values):
+            raise UserError(f"{flag} {values!r}: must be a list of integers ({must})")
+    if config.get("pretrain") and config.get("ae_epochs") == 0:
+        raise UserError("-ae 0: pretraining (-ptr) needs at least one epoch; drop -ptr to reuse an AE with -ck")
+    if (config.get("train") or config.get("end_to_end")) and config.get("epochs") == 0:
+        raise UserError("-e 0: training (-tr/-ee) needs at least one epoch; drop it to test a checkpoint with -tt -ck")
+    low_high = config.get("rotation_range")
+    if low_high is not None and (len(low_high) != 2 or float(low_high[0]) > float(low_high[1])):
+        raise UserError(f"--rotation-range {low_high}: give LOW HIGH with LOW <= HIGH")
+    check_writable(config.get("output_path"), "--output_path")
+    from utils.io import cache_dir
+
+    check_writable(cache_dir(), "the cache folder (MOCCA_CACHE)")
+
+
+def check_writable(path: str | Path | None, what: str) -> None:
+    """A folder that exists (or can be made) and can be written; UserError otherwise."""
+    if path is None:
+        return
+    path = Path(path)
+    existing = next((p for p in [path, *path.parents] if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UserError(f"{what} {path}: {existing} is a file, not a folder; pass a folder")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path}: {existing} is not writable; pass a folder you can write to")
 
 
 RUN_LIST_KEYS = {"classes": "normal_class", "seeds": "seed"}  # --classes / --seeds -> one run per value
@@ -239,7 +334,7 @@ def expand_runs(parser: argparse.ArgumentParser, argv: Sequence[str], config: di
 
 def video_parser() -> argparse.ArgumentParser:
     """The authors' main_shanghaitech.py flags, plus the dataset choice and frame size."""
-    p = argparse.ArgumentParser("main_shanghaitech.py", description="MOCCA on video (ShanghaiTech, Ped2, Avenue)")
+    p = FlagParser("main_shanghaitech.py", description="MOCCA on video (ShanghaiTech, Ped2, Avenue)")
     _common_flags(p, code_length=2048, batch_size=4, warm_up=5, two_stage=False, layer_reduction="sum")
     p.add_argument("--use-selectors", dest="use_selectors", action="store_true", default=False,
                    help="3-D selector modules before the LSTMs (same as -use)")
@@ -289,4 +384,67 @@ def video_config(argv: Sequence[str]) -> dict[str, Any]:
         argv = ["--config", str(CONFIG_DIR / f"{dataset}.yaml")] + argv
     config = resolve_config(video_parser(), argv)
     config["use_selectors"] = bool(config["use_selectors"] or config.pop("use_selectors_video"))
-    return config
+    return test_only_config(video_parser(), argv, config)
+
+
+# Settings a test-only run may take from its own flags even though they are stored with the run:
+# -db (score a subset) and -bs (how many test images go through the model at once).
+_TEST_TIME_KEYS = {"debug", "batch_size"}
+
+
+def arch_settings(arch: dict[str, Any]) -> dict[str, Any]:
+    """The config keys a checkpoint's ``arch`` pins down (for a checkpoint without its config.yaml)."""
+    out: dict[str, Any] = {}
+    if "layers" in arch:
+        out["idx_list_enc"] = [int(k) for k in arch["layers"]]
+    for key in ("boundary", "nu", "code_length", "use_selectors", "hidden_size", "num_layers", "bidirectional",
+                "authors_reshape"):
+        if key in arch:
+            out[key] = arch[key]
+    if arch.get("model") == "video3d" and "input_shape" in arch:
+        _, t, h, w = arch["input_shape"]
+        out.update(clip_length=int(t), frame_size=[int(h), int(w)])
+    return out
+
+
+def test_only_config(parser: argparse.ArgumentParser, argv: Sequence[str], config: dict[str, Any]) -> dict[str, Any]:
+    """-tt -ck <model.pt> alone: the run's settings come from the checkpoint, not from defaults.
+
+    They are read from the checkpoint's own config.yaml (beside it) or, without one, from its
+    ``arch``; the run folder is then named from them. A flag given on the command line that
+    contradicts them is refused in one line (a test-only run cannot change how a model was trained).
+    """
+    from utils.checkpoint import load_checkpoint
+    from utils.results import CONFIG_FILE, NON_RESULT_KEYS
+
+    training = config.get("pretrain") or config.get("train") or config.get("end_to_end")
+    if not config.get("test") or training or not config.get("model_ckp"):
+        return config
+    ckpt = Path(config["model_ckp"])
+    if not ckpt.is_file():
+        return config  # the pipeline names the missing file
+    saved_path = ckpt.parent / CONFIG_FILE
+    if saved_path.is_file():
+        try:
+            saved, source = yaml.safe_load(saved_path.read_text()) or {}, str(saved_path)
+        except yaml.YAMLError as err:
+            raise UserError(f"{saved_path} (beside -ck) is not valid YAML: {str(err).splitlines()[0]}") from err
+    else:
+        try:
+            saved, source = arch_settings(load_checkpoint(ckpt, ("one_class", "end_to_end"))["arch"]), str(ckpt)
+        except ValueError as err:
+            raise UserError(str(err)) from err
+    explicit = _explicit_flags(parser, argv)
+    flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+    out, conflicts = dict(config), []
+    for key, value in saved.items():
+        if key in NON_RESULT_KEYS or key not in config or (key in _TEST_TIME_KEYS and key in explicit):
+            continue
+        if key in explicit and explicit[key] != value and config[key] != value:
+            conflicts.append(f"{flags.get(key, key)} {config[key]!r} (trained with {value!r})")
+        else:
+            out[key] = value
+    if conflicts:
+        raise UserError(f"-tt -ck {ckpt}: {', '.join(conflicts)} contradict the settings the model was trained with "
+                        f"({source}); drop those flags: a test-only run takes its settings from the checkpoint")
+    return out

@@ -45,6 +45,45 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
+def truncation(data: bytes, suffix: str) -> str | None:
+    """Why an encoded image is cut short, or None. OpenCV decodes a truncated JPEG or PNG with only
+    a warning and grey or black rows where the data ends, so this is checked on the bytes: a JPEG
+    ends with the EOI marker (FF D9, trailing padding allowed), a PNG with its IEND chunk."""
+    if data[:2] == b"\xff\xd8" or suffix in JPEG_SUFFIXES:
+        return None if data.rstrip(b"\x00\r\n ")[-2:] == b"\xff\xd9" else "it has no JPEG end marker"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return None if b"IEND" in data[-12:] else "it has no PNG end chunk (IEND)"
+    return None
+
+
+def read_image(path: str | os.PathLike, grey: bool = False) -> np.ndarray:
+    """Decode one image file as (H, W, 3) BGR uint8 (or (H, W) with ``grey``).
+
+    ValueError naming the file when it is empty, truncated or not an image: a partly decoded image
+    must never reach a cache or a score.
+    """
+    import cv2  # only the image paths need OpenCV
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"cannot read image {path}: {err.strerror or err}") from err
+    if not data:
+        raise ValueError(f"image {path} is empty (0 bytes); remove or replace it")
+    cut = truncation(data, path.suffix.lower())
+    if cut:
+        raise ValueError(f"image {path} is truncated ({cut}); remove or replace it")
+    flags = cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR  # IMREAD_COLOR expands 1-channel files
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if image is None:
+        raise ValueError(f"cannot decode image {path}: the file is corrupt or not an image; remove or replace it")
+    return image
+
+
 def cache_dir() -> Path:
     """Root of the user cache (decoded images, preprocessed frames): $MOCCA_CACHE or ~/.cache/mocca."""
     root = os.environ.get("MOCCA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mocca")

@@ -9,8 +9,13 @@ import csv
 import hashlib
 import io
 import json
+import os
+import shutil
+import socket
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import yaml
@@ -95,6 +100,94 @@ def tested_checkpoint(path: Path, which: str) -> Path:
         raise ValueError(f"--test-checkpoint best-loss: no {best}; it is written only when the run trained with "
                         "--test-checkpoint best-loss (or pass -ck <that file>)")
     return best
+
+
+CLAIM_FILE = ".claim"  # who is writing this folder now (host, pid, start time)
+PRETRAIN_OUTPUTS = (AE_CHECKPOINT, "pretrain_log.csv")
+TRAIN_OUTPUTS = (MODEL_CHECKPOINT, BEST_CHECKPOINT, "train_log.csv")
+FINISHED_MARKERS = (METRICS_FILE, SCORES_FILE)  # what makes a folder count as a finished run
+
+
+def claim(run_dir: Path) -> Path:
+    """Mark ``run_dir`` as being written by this process; ValueError naming the holder if another
+    live process has it. A claim left by a process that is gone (same host) is taken over."""
+    path = run_dir / CLAIM_FILE
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text() or "{}")
+            except (OSError, ValueError):
+                holder = {}
+            if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1))):
+                path.unlink(missing_ok=True)  # left by a killed run on this machine
+                continue
+            raise ValueError(f"{run_dir} is being written by another run (pid {holder.get('pid', '?')} on "
+                             f"{holder.get('host', '?')} since {holder.get('since', '?')}); wait for it to finish, "
+                             f"use another --run-dir / --output_path, or delete {path} if that run is gone")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        return path
+    raise ValueError(f"cannot claim {run_dir}: {path} keeps reappearing")
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def open_runs(run_dirs: Sequence[Path], records: Sequence[Mapping[str, Any]], envs: Sequence[Mapping[str, Any]],
+              *, resume: bool, outputs: Sequence[str] = (), inputs: Sequence[Path] = ()) -> Iterator[None]:
+    """The life of run folders: claim, check --resume, clear stale results, save the config.
+
+    A fresh (not --resume) run first removes the files it will write (``outputs``, the files of
+    the stages it runs) and the previous run's metrics and scores, so a folder never pairs a new
+    config.yaml with an old run's results; ``inputs`` (e.g. the -ck checkpoint) are never removed.
+    On failure a folder this run created is removed again unless it holds a checkpoint (which
+    ``--resume`` can continue).
+    """
+    created: list[Path] = []
+    claims: list[Path] = []
+    keep = {Path(p).resolve() for p in inputs}
+    try:
+        for run_dir, record, env in zip(run_dirs, records, envs):
+            if not run_dir.exists():
+                try:
+                    run_dir.mkdir(parents=True)
+                except OSError as err:
+                    raise ValueError(f"cannot create the run folder {run_dir}: {err.strerror or err}; pass a "
+                                     "writable --output_path or --run-dir") from err
+                created.append(run_dir)
+            elif not run_dir.is_dir():
+                raise ValueError(f"run folder {run_dir} is a file; pass another --run-dir")
+            claims.append(claim(run_dir))
+            check_resume(run_dir, record if resume else {})
+            if not resume:
+                for name in (*FINISHED_MARKERS, *outputs):
+                    old = run_dir / name
+                    if old.is_file() and old.resolve() not in keep:
+                        old.unlink()
+            write_text(run_dir / CONFIG_FILE, yaml.safe_dump(dict(record), sort_keys=True))
+            write_json(run_dir / ENV_FILE, dict(env))
+        yield
+    except BaseException:
+        for run_dir in created:
+            if not any(run_dir.glob("*.pt")):
+                shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        for path in claims:
+            path.unlink(missing_ok=True)
 
 
 def write_config(run_dir: Path, config: Mapping[str, Any], env: Mapping[str, Any]) -> None:
