@@ -40,6 +40,7 @@ def build_experiment(configs: list[dict], layers: list[int]) -> ImageExperiment:
         make_autoencoder=lambda: LeNetAutoencoder(zl), make_feature_net=PooledFeatureNet,
         arch={"model": "lenet", "code_length": zl},
         group=ModelGroup(GroupedLeNetAutoencoder.from_models, GroupedPooledFeatureNet, stack_runs),
+        group_column="class",
     )
 
 

@@ -42,7 +42,7 @@ def build_experiment(config: dict, layers: list[int]) -> ImageExperiment:
         train=TensorSource(data.train, train_transform, samples_per_epoch=config["samples_per_epoch"] or None),
         test=TensorSource(data.test, test_transform),
         test_labels=data.test_labels.numpy(),
-        test_columns={"defect": list(data.test_defects)},
+        test_columns={"defect": list(data.test_defects)}, test_masks=data.test_masks,
         summary={"is_texture": spec.is_texture, "category": spec.name, "official_category": spec.official})
     return ImageExperiment(
         dataset="mvtec", runs=[run],
@@ -50,7 +50,7 @@ def build_experiment(config: dict, layers: list[int]) -> ImageExperiment:
         make_feature_net=lambda encoder, layers: ResidualFeatureNet(encoder, layers, use_sel),
         arch={"model": "residual2d", "input_size": input_size, "code_length": zl},
         net_arch={"use_selectors": use_sel},
-        patches_per_image=PATCHES_PER_IMAGE if spec.is_texture else None,
+        patches_per_image=PATCHES_PER_IMAGE if spec.is_texture else None, group_column="defect",
     )
 
 

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import cv2
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -38,6 +39,13 @@ def test_texture_scores_are_max_over_64_patches(tmp_path):
     m = main(["-ptr", "-tr", "-tt", "-nc", "leather", "-dp", str(root), "-bd", "hard", "-ile", "6",
               "--run-dir", str(tmp_path / "r"), *FAST])
     assert m["is_texture"] and m["n_test"] == 4  # image-level scores, one per test image (not per patch)
+    local = m["localisation"]  # the 64 patch scores as an 8x8 map per image vs the masks
+    assert 0.0 <= local["pixel_auroc"] <= 1.0 and 0.0 <= local["pro"] <= 1.0
+    assert set(m["per_defect"]) == {"crack", "scratch"} and 0 <= m["ap"] <= 1 and m["threshold"] is not None
+    saved = np.load(tmp_path / "r" / "figures.npz")
+    assert saved["patch_scores"].shape == (4, 64) and saved["map_scores"].shape[1:] == (8, 8)
+    assert saved["map_mask"].shape[1:] == (256, 256) and saved["example_image"].shape[1:] == (128, 128, 3)
+    assert (tmp_path / "r" / "figures.npz").stat().st_size < 2_000_000
 
 
 

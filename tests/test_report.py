@@ -140,7 +140,8 @@ def test_other_varying_hyperparameters_split_the_tables(tmp_path: Path):
     make_run(root, "c", auc=0.80, seed=1, config={"nu": 0.1})
     _, tables, _ = report.write_report(root, plots=False)
     names = sorted(t.name for t in tables)
-    assert names == ["table1_cifar10-nu_0.05", "table1_cifar10-nu_0.1"]
+    assert [n for n in names if n.startswith("table1")] == ["table1_cifar10-nu_0.05", "table1_cifar10-nu_0.1"]
+    assert [n for n in names if n.startswith("evaluation")] == ["evaluation-cifar10-nu_0.05", "evaluation-cifar10-nu_0.1"]
     c1 = row_of(read_rows(root / "report" / "table1_cifar10-nu_0.1.csv"), "class_index", "1")
     assert float(c1["mocca_soft_mean"]) == pytest.approx(0.70) and c1["mocca_soft_n_seeds"] == "2"
     assert {t.title for t in tables} >= {"CIFAR-10 one-class ROC AUC (Table I layout) — nu=0.05"}
@@ -208,11 +209,12 @@ def test_plots_are_valid_pngs(tmp_path: Path):
     assert_png(plot_training_curves(mocca, tmp_path / "train.png"))
     # the report draws them all into <folder>/report/plots
     _, _, figures = report.write_report(root, plots=True)
-    names = {p.name for p in figures}
+    names = {p.name for p, _ in figures}
     assert {"roc-cifar10-1_automobile.png", "cdf-cifar10-1_automobile-soft.png"} <= names
     assert sum(n.startswith("train-") for n in names) == 2
-    for p in figures:
+    for p, caption in figures:
         assert_png(p)
+        assert caption
 
 
 def test_cli_and_errors(tmp_path: Path, capsys):

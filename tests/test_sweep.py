@@ -215,9 +215,12 @@ def test_tiny_real_sweep_and_report(tmp_path: Path, monkeypatch):
         assert not (run / results.AE_CHECKPOINT).exists()  # stage 1 was not repeated in the run folder
     text, tables, figures = report.write_report(out)
     assert "| 1 automobile | 0." in text
-    assert {p.name for p in figures} >= {"roc-cifar10-1_automobile.png",
-                                         "train-cifar10-1_automobile-soft-0_1_2_3.png"}
-    for p in figures:
+    names = {p.name for p, _ in figures}
+    assert names >= {"roc-cifar10-1_automobile.png", "train-cifar10-1_automobile-soft-0_1_2_3.png",
+                     "hist-cifar10-1_automobile-soft-0_1_2_3.png", "examples-cifar10-1_automobile-soft-0_1_2_3.png",
+                     "tsne-cifar10-1_automobile-soft-0_1_2_3.png"}  # drawn from the runs' figures.npz
+    assert "| 1_automobile | soft | 0,1,2,3 |" in text  # the AP / F1-max table
+    for p, _ in figures:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sweep.main(argv, runner=FakeRunner()) == 0  # rerun: all finished, nothing started
 

@@ -125,7 +125,7 @@ def load_runs(folder: Path, skip: Path | None = None) -> list[Run]:
         if skip is not None and skip in path.parents:
             continue
         try:
-            metrics = json.loads(path.read_text())
+            metrics = flatten_metrics(json.loads(path.read_text()))
             cfg_path = path.parent / results.CONFIG_FILE
             config = (yaml.safe_load(cfg_path.read_text()) or {}) if cfg_path.is_file() else {}
             dataset = str(metrics["dataset"])
@@ -140,6 +140,21 @@ def load_runs(folder: Path, skip: Path | None = None) -> list[Run]:
             print(f"warning: skipping {path}: {type(err).__name__}: {err}", file=sys.stderr)
     _assign_extras(runs)
     return runs
+
+
+GROUP_AUC_KEYS = ("per_defect", "per_class")  # metrics.json: {group: AUC of that group vs the normal data}
+
+
+def flatten_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Nested metrics as flat keys the tables read: pixel_auroc, pro; auc_defect_<type>, auc_class_<c>."""
+    out = dict(metrics)
+    local = metrics.get("localisation")
+    if isinstance(local, dict):
+        out.update(pixel_auroc=local.get("pixel_auroc"), pro=local.get("pro"))
+    for key in GROUP_AUC_KEYS:
+        for group, auc in (metrics.get(key) or {}).items():
+            out[f"auc_{key[4:]}_{group}"] = auc
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _assign_extras(runs: Sequence[Run]) -> None:
@@ -452,6 +467,11 @@ def build_tables(runs: Sequence[Run], paper_dir: Path = PAPER_DIR) -> list[Table
                 tables.append(layer_table(crs, dataset, cls, extras, paper_dir))
         if dataset not in ("cifar10", "mvtec"):
             tables.append(generic_table(rs, dataset, extras))
+        tables.append(evaluation_table(rs, dataset, extras))
+        extra_tables = [per_group_table(rs, dataset, extras)] if dataset == "mvtec" else []
+        if dataset == "mvtec":
+            extra_tables.append(localisation_table(rs, extras))
+        tables += [t for t in extra_tables if t is not None]
     return tables
 
 
@@ -473,6 +493,82 @@ def generic_table(runs: Sequence[Run], dataset: str, extras: tuple[tuple[str, st
     return table
 
 
+NO_PAPER = "—"  # the paper reports no such number
+
+
+def evaluation_table(runs: Sequence[Run], dataset: str, extras: tuple[tuple[str, str], ...]) -> Table:
+    """Threshold-free metrics beyond the paper's: AP and F1-max (with AUC for reference), one row per group."""
+    table = Table(_stem(f"evaluation-{_slug(dataset)}", extras),
+                  f"{dataset}: AUC, AP and F1-max" + (f" — {extras_text(extras)}" if extras else ""),
+                  ["class", "boundary", "layers", "AUC", "AP", "F1-max", "paper AP / F1-max"],
+                  csv_header=["class", "boundary", "layers", "auc_mean", "auc_std", "ap_mean", "ap_std",
+                              "f1_max_mean", "f1_max_std", "n_seeds"])
+    groups = groups_of(runs)
+    for key in sorted(groups, key=lambda k: (_class_order(groups[k][0]), k[2], k[4], k[3])):
+        rs = groups[key]
+        auc, ap, f1 = (cell_stat(rs, m) for m in ("auc", "ap", "f1_max"))
+        table.md_rows.append([rs[0].cls, rs[0].boundary, rs[0].layers_label, fmt(auc), fmt(ap), fmt(f1), NO_PAPER])
+        table.csv_rows.append([rs[0].cls, rs[0].boundary, rs[0].layers_label, auc.mean, auc.std, ap.mean, ap.std,
+                               f1.mean, f1.std, auc.n])
+    table.notes = ["AP: area under the precision-recall curve, anomaly = positive (its chance level is the test set's "
+                   "anomaly rate); F1-max: the best F1 over thresholds (its threshold is in each metrics.json). "
+                   f"{NO_PAPER}: the paper reports neither.", STD_NOTE]
+    return table
+
+
+def per_group_table(runs: Sequence[Run], dataset: str, extras: tuple[tuple[str, str], ...]) -> Table | None:
+    """AUC of each defect type (MVTec) or anomalous class (CIFAR-10) against the normal test data."""
+    prefix = "auc_defect_" if dataset == "mvtec" else "auc_class_"
+    names = sorted({k[len(prefix):] for r in runs for k in r.metrics if k.startswith(prefix)})
+    if not names:
+        return None
+    groups = groups_of(runs)
+    keys = sorted(groups, key=lambda k: (_class_order(groups[k][0]), k[2], k[4], k[3]))
+    what = "defect" if dataset == "mvtec" else "anomalous class"
+    table = Table(_stem(f"per-{'defect' if dataset == 'mvtec' else 'class'}-{_slug(dataset)}", extras),
+                  f"{dataset}: AUC per {what} (vs the normal test images)" + (f" — {extras_text(extras)}" if extras else ""),
+                  ["class", "boundary", "layers", what, "AUC", "paper"],
+                  csv_header=["class", "boundary", "layers", what, "auc_mean", "auc_std", "n_seeds"])
+    for key in keys:
+        rs = groups[key]
+        for name in names:
+            stat = cell_stat(rs, prefix + name)
+            if stat.n:
+                table.md_rows.append([rs[0].cls, rs[0].boundary, rs[0].layers_label, name, fmt(stat), NO_PAPER])
+                table.csv_rows.append([rs[0].cls, rs[0].boundary, rs[0].layers_label, name, stat.mean, stat.std,
+                                       stat.n])
+    table.notes = [f"{NO_PAPER}: the paper reports image AUC per category only.", STD_NOTE]
+    return table
+
+
+def localisation_table(runs: Sequence[Run], extras: tuple[tuple[str, str], ...]) -> Table | None:
+    """MVTec pixel AUROC and PRO (textures: the 8x8 patch score map); objects have no map in MOCCA."""
+    groups = groups_of(runs)
+    keys = sorted(groups, key=lambda k: (not groups[k][0].metrics.get("is_texture"), k[1], k[2], k[4], k[3]))
+    if not any("localisation" in groups[k][0].metrics for k in keys):
+        return None
+    table = Table(_stem("localisation-mvtec", extras),
+                  "MVTec AD: pixel AUROC and PRO (FPR <= 0.3)" + (f" — {extras_text(extras)}" if extras else ""),
+                  ["category", "boundary", "layers", "pixel AUROC", "PRO", "paper"],
+                  csv_header=["category", "boundary", "layers", "pixel_auroc_mean", "pixel_auroc_std", "pro_mean",
+                              "pro_std", "n_seeds"])
+    for key in keys:
+        rs = groups[key]
+        local = rs[0].metrics.get("localisation")
+        if isinstance(local, str):
+            row = ["n/a: object images are scored whole, no map"] * 2
+            csv_vals = [math.nan] * 4
+        else:
+            auroc, pro = cell_stat(rs, "pixel_auroc"), cell_stat(rs, "pro")
+            row, csv_vals = [fmt(auroc), fmt(pro)], [auroc.mean, auroc.std, pro.mean, pro.std]
+        table.md_rows.append([rs[0].cls, rs[0].boundary, rs[0].layers_label, *row, NO_PAPER])
+        table.csv_rows.append([rs[0].cls, rs[0].boundary, rs[0].layers_label, *csv_vals, len(rs)])
+    table.notes = ["Textures: each pixel gets the score of its 64x64 patch (eq. 7's patches; block upsampling of the "
+                   "8x8 map to the mask), maps never normalised per image; PRO per Bergmann et al. (IJCV 2021), "
+                   f"area up to FPR 0.3 divided by 0.3. {NO_PAPER}: the paper reports no pixel metrics.", STD_NOTE]
+    return table
+
+
 def _class_order(run: Run) -> tuple:
     return (run.class_index if run.class_index is not None else math.inf, run.cls)
 
@@ -481,7 +577,7 @@ def runs_table(runs: Sequence[Run]) -> Table:
     """Every run, one row (the raw material of all tables), with per-layer AUC."""
     layer_ids = sorted({int(j) for r in runs for j in r.metrics.get("per_layer", {})})
     extra_keys = sorted({k for r in runs for k, _ in r.extras})
-    header = ["dataset", "class", "boundary", "layers", "holistic", "seed", *extra_keys, "auc", "max_ba",
+    header = ["dataset", "class", "boundary", "layers", "holistic", "seed", *extra_keys, "auc", "max_ba", "ap", "f1_max",
               *[f"auc_layer_{j}" for j in layer_ids], "run_dir"]
     table = Table("runs", "all runs", header, csv_header=header)
     for r in sorted(runs, key=lambda r: (r.dataset, _class_order(r), r.boundary, r.holistic, r.layers, r.extras,
@@ -490,21 +586,23 @@ def runs_table(runs: Sequence[Run]) -> Table:
         per_layer = r.metrics.get("per_layer", {})
         table.csv_rows.append([r.dataset, r.cls, r.boundary, ",".join(map(str, r.layers)), int(r.holistic), r.seed,
                                *[extras.get(k, "") for k in extra_keys], r.value("auc"), r.value("max_ba"),
+                               r.value("ap"), r.value("f1_max"),
                                *[per_layer.get(str(j), {}).get("auc", math.nan) for j in layer_ids], str(r.dir)])
     return table
 
 
 def groups_table(runs: Sequence[Run]) -> Table:
     header = ["dataset", "class", "boundary", "layers", "holistic", "extras", "n_runs", "n_seeds", "seeds",
-              "auc_mean", "auc_std", "max_ba_mean", "max_ba_std"]
+              "auc_mean", "auc_std", "max_ba_mean", "max_ba_std", "ap_mean", "ap_std", "f1_max_mean", "f1_max_std"]
     table = Table("groups", "all groups", header, csv_header=header)
     groups = groups_of(runs)
     for key in sorted(groups, key=lambda k: (k[0], _class_order(groups[k][0]), k[2], k[4], k[3], k[5])):
         rs = groups[key]
-        auc, ba = cell_stat(rs, "auc"), cell_stat(rs, "max_ba")
+        auc, ba, ap, f1 = (cell_stat(rs, m) for m in ("auc", "max_ba", "ap", "f1_max"))
         seeds = sorted({r.seed for r in rs})
         table.csv_rows.append([key[0], key[1], key[2], ",".join(map(str, key[3])), int(key[4]), extras_text(key[5]),
-                               len(rs), len(seeds), " ".join(map(str, seeds)), auc.mean, auc.std, ba.mean, ba.std])
+                               len(rs), len(seeds), " ".join(map(str, seeds)), auc.mean, auc.std, ba.mean, ba.std,
+                               ap.mean, ap.std, f1.mean, f1.std])
     return table
 
 
@@ -512,16 +610,21 @@ def groups_table(runs: Sequence[Run]) -> Table:
 # figures
 # ------------------------------------------------------------------------------------------------
 
-def make_plots(runs: Sequence[Run], out: Path) -> list[Path]:
-    """ROC per class, distance CDFs MOCCA vs holistic (Fig. 5), training curves: the lowest seed of each group."""
+FIGURE_GROUPS = 12  # per-run test figures (histogram, examples, maps, t-SNE, video curves) for this many groups
+
+
+def make_plots(runs: Sequence[Run], out: Path) -> list[tuple[Path, str]]:
+    """ROC per class, distance CDFs MOCCA vs holistic (Fig. 5), training curves and the test figures
+    (score histogram, most normal / anomalous images, texture maps, t-SNE, video frame curves): the
+    lowest seed of each group. Returns (PNG, caption) pairs."""
     from tools import plots  # matplotlib only when figures are wanted
 
-    written: list[Path] = []
+    written: list[tuple[Path, str]] = []
     folder = out / "plots"
 
-    def attempt(what: str, make: Callable[[], Path]) -> None:
+    def attempt(what: str, make: Callable[[], Path], caption: str = "") -> None:
         try:
-            written.append(make())
+            written.append((make(), caption or what))
         except (OSError, ValueError, KeyError) as err:  # one broken run folder must not stop the report
             print(f"warning: no {what}: {type(err).__name__}: {err}", file=sys.stderr)
 
@@ -544,7 +647,32 @@ def make_plots(runs: Sequence[Run], out: Path) -> list[Path]:
     for key, run in first.items():
         png = folder / f"train-{_slug(key[0])}-{_slug(key[1])}-{key[2]}-{_slug(run.layers_label)}{_stem('', key[5])}.png"
         attempt(f"training curves for {run.dir}", lambda: plots.plot_training_curves(
-            run.dir, png, title=f"{key[1]} {key[2]} layers {run.layers_label} seed {run.seed}"))
+            run.dir, png, title=f"{key[1]} {key[2]} layers {run.layers_label} seed {run.seed}"),
+            f"training curves (loss, mean d², radius per layer): {key[1]} {key[2]} layers {run.layers_label}")
+    ordered = sorted(first.items(), key=lambda kv: (kv[0][0], _class_order(kv[1]), kv[0][2], kv[0][4], kv[0][3]))
+    for key, run in ordered[:FIGURE_GROUPS]:
+        stem = f"{_slug(key[0])}-{_slug(key[1])}-{key[2]}-{_slug(run.layers_label)}{_stem('', key[5])}"
+        what = f"{key[1]} {key[2]} layers {run.layers_label} seed {run.seed}"
+        attempt(f"score histogram for {run.dir}", lambda: plots.plot_score_histogram(
+            run.dir, folder / f"hist-{stem}.png", title=f"{what}: test scores"),
+            f"combined test score, normal vs anomalous (decision threshold dashed where the model stores one): {what}")
+        if run.dataset in ("cifar10", "mvtec"):
+            attempt(f"example images for {run.dir}", lambda: plots.plot_examples(
+                run.dir, folder / f"examples-{stem}.png", title=f"{what}: most normal (top), most anomalous (bottom)"),
+                f"the 8 most normal and 8 most anomalous test images with score and true label: {what}")
+            attempt(f"t-SNE for {run.dir}", lambda: plots.plot_tsne(
+                run.dir, folder / f"tsne-{stem}.png", title=f"{what}: t-SNE of the layer embeddings"),
+                f"t-SNE of per-layer embeddings of test samples with the centroid (star): {what}")
+        if run.metrics.get("is_texture"):
+            attempt(f"texture maps for {run.dir}", lambda: plots.plot_texture_maps(
+                run.dir, folder / f"maps-{stem}.png", title=f"{what}: image, mask, patch score map"),
+                f"texture images, ground-truth masks and 8x8 patch score maps (one colour scale): {what}")
+        if run.dataset not in ("cifar10", "mvtec"):
+            attempt(f"frame curves for {run.dir}", lambda: plots.plot_video_curves(
+                run.dir, folder / f"frames-{stem}.png", title=f"{what}: frame scores"),
+                f"frame scores per test video, abnormal frames shaded: {what}")
+    if len(ordered) > FIGURE_GROUPS:
+        print(f"note: test figures drawn for the first {FIGURE_GROUPS} of {len(ordered)} groups", file=sys.stderr)
     return written
 
 
@@ -568,7 +696,7 @@ def _cdf_pair(groups: Sequence[list[Run]]) -> tuple[Run, Run] | None:
 # ------------------------------------------------------------------------------------------------
 
 def write_report(folder: Path, out: Path | None = None, plots: bool = True,
-                 paper_dir: Path = PAPER_DIR) -> tuple[str, list[Table], list[Path]]:
+                 paper_dir: Path = PAPER_DIR) -> tuple[str, list[Table], list[tuple[Path, str]]]:
     """Find the runs, write report.md + CSV tables (+ PNGs) into ``out``; return the Markdown."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -586,7 +714,7 @@ def write_report(folder: Path, out: Path | None = None, plots: bool = True,
              f"{len(runs)} finished runs ({', '.join(datasets)}); per-run values: runs.csv, per-group: groups.csv.", ""]
     parts += [t.markdown() for t in tables]
     if figures:
-        parts += ["### Figures", ""] + [f"- [{p.name}](plots/{p.name})" for p in figures] + [""]
+        parts += ["### Figures", ""] + [f"- [{p.name}](plots/{p.name}): {caption}" for p, caption in figures] + [""]
     text = "\n".join(parts)
     write_text(out / "report.md", text)
     return text, tables, figures

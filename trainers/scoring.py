@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 from torch import Tensor, nn
 
 from trainers.objective import MultiLayerObjective, max_over_patches
@@ -66,8 +66,40 @@ def max_balanced_accuracy(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(np.max((tpr + 1.0 - fpr) / 2.0))
 
 
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the precision-recall curve (step-wise, scikit-learn's average precision); anomaly = positive."""
+    labels, scores = _check(labels, scores)
+    return float(average_precision_score(labels, scores))
+
+
+def f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """The best F1 over thresholds and that threshold (anomalous = score >= threshold)."""
+    labels, scores = _check(labels, scores)
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    precision, recall = precision[:-1], recall[:-1]  # the last point (recall 0) has no threshold
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    best = int(np.argmax(f1))
+    return float(f1[best]), float(thresholds[best])
+
+
 def detection_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    return {"auc": roc_auc(labels, scores), "max_ba": max_balanced_accuracy(labels, scores)}
+    """Threshold-free image (or frame) metrics: ROC AUC, maxBA, AP and F1-max with its threshold."""
+    f1, threshold = f1_max(labels, scores)
+    return {"auc": roc_auc(labels, scores), "max_ba": max_balanced_accuracy(labels, scores),
+            "ap": average_precision(labels, scores), "f1_max": f1, "f1_threshold": threshold}
+
+
+def per_group_auc(labels: np.ndarray, scores: np.ndarray, groups: Sequence[str]) -> dict[str, float]:
+    """AUC of each anomalous group (an MVTec defect type, a CIFAR-10 class) against all normal samples."""
+    labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64)
+    groups = np.asarray([str(g) for g in groups], dtype=object)
+    normal = labels == 0
+    out = {}
+    for g in dict.fromkeys(groups[labels == 1]):
+        pick = normal | ((groups == g) & (labels == 1))
+        out[str(g)] = roc_auc(labels[pick], scores[pick])
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -82,6 +114,7 @@ class ScoreResult:
     layer_scores: dict[int, np.ndarray]
     scores: np.ndarray
     metrics: dict
+    patch_scores: np.ndarray | None = None  # textures: (N, patches) combined score of every patch (the map)
 
 
 @torch.no_grad()
@@ -123,12 +156,16 @@ def score_and_evaluate(objective: MultiLayerObjective, distances: dict[int, Tens
     per_layer, combined = score_tensors(objective, distances, patches_per_image)
     layer_np = {k: to_numpy(v) for k, v in per_layer.items()}
     combined_np = to_numpy(combined)
+    patches = None
+    if patches_per_image:  # the eq. 6 score of every patch, before eq. 7's max: the texture's score map
+        patches = to_numpy(objective.combined_score(objective.layer_scores(distances))).reshape(-1, patches_per_image)
     if not np.isfinite(combined_np).all():
         raise ValueError("test scores contain NaN or inf: the model diverged")
     metrics = detection_metrics(labels, combined_np)
     metrics["per_layer"] = {str(k): detection_metrics(labels, v) for k, v in layer_np.items()}
     metrics["score_std"] = float(np.std(combined_np))
-    return ScoreResult(labels=np.asarray(labels), layer_scores=layer_np, scores=combined_np, metrics=metrics)
+    return ScoreResult(labels=np.asarray(labels), layer_scores=layer_np, scores=combined_np, metrics=metrics,
+                       patch_scores=patches)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ from torch import Tensor, nn
 
 from trainers.mocca import MOCCA, MethodSettings
 from trainers.runs import GroupedRuns, SingleRun, StackedSource
-from trainers.scoring import score_and_evaluate
+from trainers import figure_data as figures
+from trainers.localisation import localisation_metrics
+from trainers.scoring import per_group_auc, score_and_evaluate
 from trainers.settings import PipelineSettings
 from utils import results
 from utils.batching import TensorSource
@@ -39,6 +41,7 @@ class ImageRun:
     test_labels: np.ndarray
     test_columns: dict[str, Sequence[Any]] = field(default_factory=dict)  # extra columns for scores.csv
     summary: dict[str, Any] = field(default_factory=dict)  # extra fields for metrics.json
+    test_masks: Tensor | None = None  # (N, 1, H, W) {0, 1} ground truth of the test images, where it exists
 
 
 @dataclass
@@ -62,6 +65,7 @@ class ImageExperiment:
     net_arch: dict[str, Any] = field(default_factory=dict)  # stage-2-only shape settings (e.g. selectors)
     patches_per_image: int | None = None  # MVTec textures: image score = max over patches
     group: ModelGroup | None = None  # the grouped variant, for more than one run
+    group_column: str | None = None  # the test column whose values get their own AUC (MVTec: "defect")
 
 
 def run_two_stage(exp: ImageExperiment, method: MethodSettings, pipe: PipelineSettings,
@@ -157,6 +161,7 @@ def _run(exp: ImageExperiment, method: MethodSettings, pipe: PipelineSettings, d
     dist = mocca.distances(test)  # {j: (N,)} or {j: (K, N)}
     timings["test_s"] = time.perf_counter() - t0
     model = mocca.model
+    run_models = layout.run_models(model)
     out = []
     for r, (run, keep) in enumerate(zip(runs, keeps)):
         objective = model.objective if k == 1 else model.objective.run(r)
@@ -168,10 +173,16 @@ def _run(exp: ImageExperiment, method: MethodSettings, pipe: PipelineSettings, d
             raise ValueError(f"cannot evaluate {run.folder}: {err}") from err
         extra = {name: np.asarray(list(v), dtype=object)[keep].tolist() for name, v in run.test_columns.items()}
         results.write_scores(run.folder / results.SCORES_FILE, labels, scored.scores, scored.layer_scores, extra)
+        evaluation = _evaluation(exp, run, keep, scored, mocca.thresholds[r])
+        figures.save(run.folder / figures.FIGURE_DATA_FILE, {
+            **_figure_arrays(exp, run, keep, scored),
+            **figures.embeddings(run_models[r].to(device), TensorSource(run.test.data[torch.from_numpy(keep)],
+                                 run.test.transform), labels, mocca.prepare, method.batch_size,
+                                 exp.patches_per_image, seed=run.seed)})
         metrics = {
             "dataset": exp.dataset, "class": run.class_name, "boundary": objective.boundary,
             "layers": list(objective.layer_indices), "nu": objective.nu, "seed": run.seed,
-            "auc": scored.metrics["auc"], "max_ba": scored.metrics["max_ba"],
+            "auc": scored.metrics["auc"], "max_ba": scored.metrics["max_ba"], **evaluation,
             "per_layer": scored.metrics["per_layer"], "score_std": scored.metrics["score_std"],
             "radii": objective.radii(), "n_test": len(labels), "n_anomalous": int(np.sum(labels)),
             "test_checkpoint": pipe.test_checkpoint, "timings": timings, "device": str(device), **run.summary,
@@ -183,6 +194,33 @@ def _run(exp: ImageExperiment, method: MethodSettings, pipe: PipelineSettings, d
             f"{run.folder / results.METRICS_FILE}")
         out.append(metrics)
     return out[0] if k == 1 else out
+
+
+def _evaluation(exp: ImageExperiment, run: ImageRun, keep: np.ndarray, scored, threshold: float | None) -> dict:
+    """AP, F1-max, the decision threshold, per-group AUC and, for textures with masks, pixel metrics."""
+    m = scored.metrics
+    out: dict[str, Any] = {"ap": m["ap"], "f1_max": m["f1_max"], "f1_threshold": m["f1_threshold"],
+                           "threshold": threshold}
+    if exp.group_column and exp.group_column in run.test_columns:
+        groups = np.asarray(list(run.test_columns[exp.group_column]), dtype=object)[keep]
+        out[f"per_{exp.group_column}"] = per_group_auc(scored.labels, scored.scores, groups)
+    if run.test_masks is not None:
+        if scored.patch_scores is None:
+            out["localisation"] = "none: MOCCA scores an object image as a whole, there is no score map"
+        else:
+            masks = run.test_masks[torch.from_numpy(keep)].numpy()
+            out["localisation"] = localisation_metrics(scored.patch_scores, masks)
+    return out
+
+
+def _figure_arrays(exp: ImageExperiment, run: ImageRun, keep: np.ndarray, scored) -> dict[str, np.ndarray]:
+    images = run.test.data[torch.from_numpy(keep).to(run.test.data.device)]
+    arrays = figures.examples(images, scored.scores, scored.labels)
+    if scored.patch_scores is not None:
+        masks = run.test_masks[torch.from_numpy(keep)] if run.test_masks is not None else None
+        arrays.update(figures.texture_maps(images, masks, scored.patch_scores, scored.labels, seed=run.seed))
+        arrays["patch_scores"] = scored.patch_scores.astype(np.float32)
+    return arrays
 
 
 def _check_group(exp: ImageExperiment, pipe: PipelineSettings) -> None:

@@ -20,7 +20,7 @@ from trainers.end_to_end import (END_TO_END_KIND, initial_centroids, score_video
                                  train_end_to_end)
 from trainers.objective import MultiLayerObjective
 from trainers.one_class import OneClassModel
-from trainers.scoring import max_balanced_accuracy
+from trainers.scoring import detection_metrics
 from trainers.settings import VIDEO_DEBUG_BATCHES as DEBUG_BATCHES, PipelineSettings, VideoSettings
 from utils import results
 from utils.checkpoint import load_checkpoint
@@ -85,6 +85,12 @@ def write_frame_scores(path: Path, scored) -> None:
     write_text(path, buf.getvalue())
 
 
+def _frame_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """maxBA, AP and F1-max at frame level over all test frames concatenated (as the micro AUC)."""
+    m = detection_metrics(labels, scores)
+    return {k: m[k] for k in ("max_ba", "ap", "f1_max", "f1_threshold")}
+
+
 def test(model: OneClassModel, s: VideoSettings, run_dir: Path, device: torch.device, timings: dict, log) -> dict:
     arch_shape = model.net.input_shape
     size = tuple(arch_shape[2:])
@@ -101,7 +107,7 @@ def test(model: OneClassModel, s: VideoSettings, run_dir: Path, device: torch.de
     metrics = {"dataset": s.dataset, "class": s.dataset, "boundary": model.objective.boundary,
                "layers": model.objective.layer_indices, "nu": model.objective.nu, "seed": s.seed,
                "auc": m["combined"]["micro"], "auc_per_video_mean": m["combined"]["per_video_mean"],
-               "max_ba": max_balanced_accuracy(np.concatenate(scored.labels), np.concatenate(scored.combined)),
+               **_frame_metrics(np.concatenate(scored.labels), np.concatenate(scored.combined)),
                "frame_auc": m, "radii": model.objective.radii(), "n_videos": len(scored.names),
                "n_frames": int(sum(len(l) for l in scored.labels)), "test_checkpoint": s.test_checkpoint,
                "test_clips_per_s": n_clips / timings["test_s"],
