@@ -6,6 +6,6 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import torch, torchvision, cv2, sklearn, yaml, tqdm, matplotlib, scipy, pytest" 2>/dev/null; then
+if ! .venv/bin/python -c "import torch, torchvision, cv2, sklearn, yaml, tqdm, matplotlib, scipy, pytest, submitit" 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
 fi

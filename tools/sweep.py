@@ -65,7 +65,7 @@ OWNED_KEYS = {"normal_class": "--classes", "seed": "--seeds", "boundary": "--bou
               "resume": "(automatic)", "config": "--config", "preset": "--preset", "output_path": "--out"}
 OWNED_FLAGS = {"-nc", "--normal-class", "-s", "--seed", "-bd", "--boundary", "-ile", "--idx-list-enc", "--run-dir",
                "-ck", "--model-ckp", "-ptr", "--pretrain", "-tr", "--train", "-tt", "--test", "--resume", "-dp",
-               "--data-path", "--config", "--preset", "--output_path"}
+               "--data-path", "--config", "--preset", "--output_path", "-ee", "--end-to-end-training", "--dataset"}
 TRUE_WORDS, FALSE_WORDS = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
@@ -74,8 +74,9 @@ class DatasetInfo:
     """What the sweep needs to know about a dataset: its entry script and its classes."""
 
     entry: str
-    classes: tuple[str, ...]  # the values -nc takes
+    classes: tuple[str, ...]  # the values -nc takes (video: the dataset itself, its only "class")
     names: tuple[str, ...] = ()  # CIFAR-10: class index -> name (folder names read "5_dog")
+    video: bool = False  # one end-to-end stage (-ee -tt), no shared pretraining
 
     def folder(self, class_arg: str) -> str:
         return f"{class_arg}_{self.names[int(class_arg)]}" if self.names else class_arg
@@ -84,6 +85,7 @@ class DatasetInfo:
 DATASETS: dict[str, DatasetInfo] = {
     "cifar10": DatasetInfo("main_cifar10.py", tuple(str(i) for i in range(10)), CIFAR10_CLASSES),
     "mvtec": DatasetInfo("main_mvtec.py", MVTEC_CATEGORIES),
+    **{name: DatasetInfo("main_shanghaitech.py", (name,), video=True) for name in ("ped2", "avenue", "shanghaitech")},
 }
 
 Settings = tuple[tuple[str, str], ...]  # (key, value as typed after --set key=), sorted by key
@@ -121,7 +123,7 @@ class RunJob:
     holistic: bool
     settings: Settings
     dir: Path
-    pretrain: PretrainJob
+    pretrain: PretrainJob | None  # None: video, trained end to end in the run itself
 
     @property
     def layers_text(self) -> str:
@@ -252,6 +254,8 @@ def parse_layer_set(text: str) -> tuple[int, ...]:
 @functools.lru_cache(maxsize=None)
 def flag_parser(dataset: str) -> argparse.ArgumentParser:
     """The entry script's parser (utils.cli.<dataset>_parser), to map config keys to flags."""
+    if DATASETS[dataset].video:
+        return cli.video_parser()
     make = getattr(cli, f"{dataset}_parser", None) or cli.cifar10_parser  # the common flags are shared
     return make()
 
@@ -329,7 +333,8 @@ def expand_grid(spec: SweepSpec) -> list[RunJob]:
                 ae_settings = tuple((k, v) for k, v in settings if k not in STAGE2_KEYS)
                 pt_name = f"{folder}-seed_{seed}" + (f"-{settings_hash(ae_settings)}" if ae_settings else "")
                 pt_dir = spec.out / "pretrain" / pt_name
-                pt = pretrains.setdefault(pt_dir, PretrainJob(cls, folder, seed, ae_settings, pt_dir))
+                pt = None if spec.info.video else pretrains.setdefault(
+                    pt_dir, PretrainJob(cls, folder, seed, ae_settings, pt_dir))
                 extra = "".join(f"-{k}_{_name_value(v)}" for k, v in settings)
                 for boundary in spec.boundaries:
                     for layers, holistic in variants:
@@ -342,7 +347,7 @@ def expand_grid(spec: SweepSpec) -> list[RunJob]:
 
 
 def unique_pretrains(runs: Sequence[RunJob]) -> list[PretrainJob]:
-    return list(dict.fromkeys(r.pretrain for r in runs))
+    return list(dict.fromkeys(r.pretrain for r in runs if r.pretrain is not None))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -351,7 +356,8 @@ def unique_pretrains(runs: Sequence[RunJob]) -> list[PretrainJob]:
 
 def _base_command(spec: SweepSpec, class_arg: str, seed: int, settings: Settings, holistic: bool) -> list[str]:
     parser = flag_parser(spec.dataset)
-    cmd = [sys.executable, spec.info.entry, "-nc", class_arg, "-dp", spec.data_path, "-s", str(seed)]
+    which = ["--dataset", spec.dataset] if spec.info.video else ["-nc", class_arg]
+    cmd = [sys.executable, spec.info.entry, *which, "-dp", spec.data_path, "-s", str(seed)]
     if spec.config:
         cmd += ["--config", spec.config]
     presets = list(spec.presets) + ([HOLISTIC_PRESET] if holistic else [])
@@ -371,7 +377,10 @@ def run_command(spec: SweepSpec, job: RunJob, resume: bool) -> list[str]:
     cmd = _base_command(spec, job.class_arg, job.seed, job.settings, job.holistic)
     if job.layers is not None:
         cmd += ["-ile", *map(str, job.layers)]
-    cmd += ["-bd", job.boundary, "-tr", "-tt", "-ck", str(job.pretrain.ae_path), "--run-dir", str(job.dir)]
+    if job.pretrain is None:  # video: one end-to-end stage
+        cmd += ["-bd", job.boundary, "-ee", "-tt", "--run-dir", str(job.dir)]
+    else:
+        cmd += ["-bd", job.boundary, "-tr", "-tt", "-ck", str(job.pretrain.ae_path), "--run-dir", str(job.dir)]
     return cmd + (["--resume"] if resume else [])
 
 
@@ -393,9 +402,12 @@ _LIVE: set[subprocess.Popen] = set()  # children of subprocess_runner still runn
 _LIVE_LOCK = threading.Lock()
 
 
-def subprocess_runner(cmd: list[str], log: Path) -> int:
-    """Run one job in its own process (cwd = project root), its output appended to ``log``."""
+def subprocess_runner(cmd: list[str], log: Path, gpu: int | None = None) -> int:
+    """Run one job in its own process (cwd = project root), its output appended to ``log``; ``gpu``
+    pins it to that device (CUDA_VISIBLE_DEVICES)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # a killed job still leaves its last lines in the log
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     with open(log, "a") as fh:
         proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env)
@@ -420,7 +432,16 @@ def stop_children() -> None:
             proc.terminate()
 
 
-def _attempt(runner: Runner, cmd: list[str], folder: Path) -> tuple[int, float, str]:
+def gpu_count() -> int:
+    """CUDA devices visible to the sweep (torch imported only here, and only for --jobs > 1)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count()
+
+
+def _attempt(runner: Runner, cmd: list[str], folder: Path, gpu: int | None = None) -> tuple[int, float, str]:
     """Run one job; never raises (a runner crash counts as a failed job)."""
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / LOG_FILE
@@ -428,7 +449,7 @@ def _attempt(runner: Runner, cmd: list[str], folder: Path) -> tuple[int, float, 
         fh.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')}\n$ {shlex.join(cmd)}\n")
     t0 = time.perf_counter()
     try:
-        rc = runner(cmd, log)
+        rc = runner(cmd, log) if gpu is None else runner(cmd, log, gpu=gpu)
     except Exception as err:  # noqa: BLE001 - one job's failure must not stop the sweep
         return -1, time.perf_counter() - t0, f"{type(err).__name__}: {err}"
     return rc, time.perf_counter() - t0, ""
@@ -495,18 +516,30 @@ def execute(spec: SweepSpec, runs: Sequence[RunJob], runner: Runner = subprocess
         bar.update(1)
 
     inflight: dict[cf.Future, RunJob | PretrainJob] = {}
+    # several GPUs and --jobs > 1: job slot i runs on GPU i mod n_gpus (one job per GPU at a time for jobs <= n)
+    n_gpus = gpu_count() if jobs > 1 else 0
+    free_slots = deque(range(max(1, jobs)))
+    slot_of: dict[cf.Future, int] = {}
+    if n_gpus > 1:
+        say(f"[gpus] {n_gpus} CUDA devices: job slot i runs on GPU i mod {n_gpus}")
     with cf.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        def start(cmd: list[str], folder: Path) -> cf.Future:
+            slot = free_slots.popleft()
+            fut = pool.submit(_attempt, runner, cmd, folder, slot % n_gpus if n_gpus > 1 else None)
+            slot_of[fut] = slot
+            return fut
+
         def fill() -> None:
             # stage-2 runs first: results arrive early and a killed sweep leaves whole classes finished
             while len(inflight) < max(1, jobs) and (ready_runs or ready_pts):
                 if ready_runs:
                     run = ready_runs.popleft()
                     cmd = run_command(spec, run, resume=run_state(run) == "resume")
-                    inflight[pool.submit(_attempt, runner, cmd, run.dir)] = run
+                    inflight[start(cmd, run.dir)] = run
                 else:
                     pt = ready_pts.popleft()
                     cmd = pretrain_command(spec, pt, resume=pretrain_state(pt) == "resume")
-                    inflight[pool.submit(_attempt, runner, cmd, pt.dir)] = pt
+                    inflight[start(cmd, pt.dir)] = pt
 
         fill()
         try:
@@ -514,6 +547,7 @@ def execute(spec: SweepSpec, runs: Sequence[RunJob], runner: Runner = subprocess
                 done, _ = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
                 for fut in done:
                     job = inflight.pop(fut)
+                    free_slots.append(slot_of.pop(fut))
                     rc, seconds, error = fut.result()
                     error = error or (f"exit status {rc}: {_log_tail(job.dir)}" if rc != 0 else "")
                     if isinstance(job, RunJob):
@@ -600,8 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
                "-dp ../shared/data/cifar10 --out results/table1 --preset cpu --jobs 2 -- --device cpu",
 )
     p.add_argument("dataset", choices=sorted(DATASETS), help="which entry script: main_<dataset>.py")
-    p.add_argument("--classes", nargs="+", required=True,
-                   help="'all', or classes: CIFAR-10 indices/ranges/names (0-4 8 dog), MVTec category names")
+    p.add_argument("--classes", nargs="+", default=["all"],
+                   help="'all' (default), or classes: CIFAR-10 indices/ranges/names (0-4 8 dog), MVTec category "
+                        "names; video datasets have one")
     p.add_argument("--seeds", nargs="+", default=["0"], help="seeds: 0-9, 0 1 2 or 0,1,2 (default: 0)")
     p.add_argument("--boundary", nargs="+", choices=["soft", "hard"], default=["soft", "hard"],
                    help="boundaries to run (default: soft hard)")
@@ -631,7 +666,38 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--sequential", dest="batched", action="store_const", const=False,
                       help="one process per run even where --batched is the default")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
+    c = p.add_argument_group("cluster (submitit; defaults from the config YAML's 'cluster:' section)")
+    c.add_argument("--executor", choices=["pool", "local", "slurm", "debug"], default="pool",
+                   help="pool: local subprocesses, --jobs at a time (default); slurm: two job arrays (pretraining, "
+                        "then the runs after it); local / debug: submitit's subprocess / in-process executors")
+    c.add_argument("--partition", default=None, help="SLURM partition")
+    c.add_argument("--time-min", dest="time_min", type=int, default=None, help="time limit per job, minutes")
+    c.add_argument("--gpus-per-job", dest="gpus_per_job", type=int, default=None)
+    c.add_argument("--cpus-per-job", dest="cpus_per_job", type=int, default=None)
+    c.add_argument("--mem-gb", dest="mem_gb", type=int, default=None)
+    c.add_argument("--array-parallelism", dest="array_parallelism", type=int, default=None,
+                   help="jobs of one array running at once")
     return p
+
+
+def cluster_settings(spec: SweepSpec, args: argparse.Namespace):
+    """--executor and the job sizes: flags over the config YAML's ``cluster:`` section over the defaults."""
+    from dataclasses import fields
+
+    from tools.cluster import ClusterSettings
+
+    config = spec.config or str(PROJECT_ROOT / "configs" / f"{spec.dataset}.yaml")
+    section = (cli.load_yaml(config).get("cluster") or {}) if Path(config).is_file() else {}
+    known = {f.name for f in fields(ClusterSettings)}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise UserError(f"{config}: unknown 'cluster:' keys {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    values = {**section, **{k: getattr(args, k) for k in known if k != "executor" and getattr(args, k) is not None}}
+    for key, value in values.items():
+        if key != "partition" and (not isinstance(value, int) or value < (0 if key == "gpus_per_job" else 1)):
+            raise UserError(f"cluster setting {key}={value!r}: must be a whole number >= "
+                            f"{0 if key == 'gpus_per_job' else 1}")
+    return ClusterSettings(executor=args.executor, **values)
 
 
 def parse_spec(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
@@ -750,6 +816,12 @@ def main(argv: Sequence[str] | None = None, runner: Runner = subprocess_runner) 
     cli.check_writable(spec.out, "--out")
     entry = PROJECT_ROOT / spec.info.entry
     runs = expand_grid(spec)
+    if args.executor != "pool" and not args.dry_run:  # each run one cluster job
+        from tools import cluster
+
+        settings = cluster_settings(spec, args)
+        write_sweep_file(spec, runs, argv)
+        return 1 if cluster.submit(spec, runs, settings) else 0
     if wants_batched(spec, args.batched):
         if args.batched is None:
             print("[batched] CUDA is available: all runs of a boundary/layer set train as one model "

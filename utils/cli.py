@@ -207,6 +207,7 @@ def resolve_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None =
         data = load_yaml(args.config)
         presets = data.pop("presets", {}) or {}
         per_class = data.pop("per_class", {}) or {}
+        data.pop("cluster", None)  # job sizes for tools.sweep --executor slurm, not a run setting
         _apply(config, data, args.config)
         chosen = explicit.get(class_key, config.get(class_key))
         if chosen in per_class:
