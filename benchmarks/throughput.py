@@ -41,10 +41,51 @@ def _sync(device: torch.device) -> None:
 
 
 class Bare(NamedTuple):
-    """Throughput of the bare step and the time of its untimed warm-up (the compilation with --compile)."""
+    """Throughput of the bare step, the time of its untimed warm-up (the compilation with --compile) and the
+    FLOPs one item costs in that step (PyTorch's FlopCounterMode: matmuls and convolutions, forward + backward)."""
 
     per_s: float
     warm_up_s: float
+    flops_per_item: float = float("nan")
+
+
+def cpu_peak_gflops(threads: int) -> tuple[float, str]:
+    """FP32 peak of ``threads`` cores from /proc/cpuinfo: clock x FP32 lanes x 2 (FMA) x 2 FMA units per core.
+
+    The clock is the highest "cpu MHz" the kernel reports (the boost clock may be higher: then the % of peak is
+    an upper bound); 2 FMA units per core holds for Zen 2-4 and most server Intel cores. Pass --peak-gflops
+    for a known value.
+    """
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return float("nan"), "unknown CPU"
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    mhz = max((float(ln.split(":", 1)[1]) for ln in info.splitlines() if ln.startswith("cpu MHz")), default=float("nan"))
+    amd = "AuthenticAMD" in info
+    # AMD Zen 4 runs AVX-512 on 256-bit units (two passes per instruction): its datapath is AVX2-wide
+    lanes = 16 if "avx512f" in flags and not amd else 8 if "avx2" in flags else 4
+    fma = 2 if "fma" in flags else 1
+    per_core = mhz / 1000 * lanes * fma * 2
+    isa = "AVX-512" if lanes == 16 else ("AVX2-wide" + (" (AVX-512 double-pumped)" if "avx512f" in flags else "")
+                                          if lanes == 8 else "SSE")
+    what = f"{mhz:.0f} MHz x {lanes} FP32 lanes ({isa}) x {fma} (FMA) x 2 FMA units = {per_core:.1f} GFLOP/s per core"
+    return per_core * threads, what
+
+
+def step_flops(model: nn.Module, loss_fn: Callable[[Tensor], Tensor], x: Tensor, train: bool) -> float:
+    """FLOPs of one step on ``x`` per item (forward, plus backward when training)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.train(train)
+    with FlopCounterMode(display=False) as counter:
+        if train:
+            loss_fn(x).backward()
+            model.zero_grad(set_to_none=True)
+        else:
+            with torch.no_grad():
+                loss_fn(x)
+    return counter.get_total_flops() / x.shape[0]
 
 
 class Row(NamedTuple):
@@ -61,6 +102,7 @@ def bare_steps(model: nn.Module, loss_fn: Callable[[Tensor], Tensor], x: Tensor,
 
     With ``compile`` the model is compiled in place first, so ``loss_fn``'s calls of it run compiled.
     """
+    flops = step_flops(model, loss_fn, x, train) if not compile else float("nan")
     if compile:
         compile_in_place(model)
     opt = torch.optim.Adam(model.parameters(), 1e-4) if train else None
@@ -80,7 +122,7 @@ def bare_steps(model: nn.Module, loss_fn: Callable[[Tensor], Tensor], x: Tensor,
             with torch.no_grad():
                 loss_fn(x)
     _sync(x.device)
-    return Bare(n * x.shape[0] / (time.perf_counter() - t0), warm_up)
+    return Bare(n * x.shape[0] / (time.perf_counter() - t0), warm_up, flops)
 
 
 def pipeline_epoch(run: Callable[[Path], list], n_images: int, device: torch.device) -> float:
@@ -228,17 +270,26 @@ def main(argv=None) -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (bare step and pipeline)")
     p.add_argument("--batches", type=int, default=20, help="batches per timed epoch")
+    p.add_argument("--peak-gflops", type=float, default=None, help="FP32 peak of the threads used (default: from "
+                                                                  "/proc/cpuinfo, see cpu_peak_gflops)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    print(f"device {device}, threads {torch.get_num_threads()}, channels_last {args.channels_last}, "
-          f"compile {args.compile}")
+    threads = torch.get_num_threads()
+    print(f"device {device}, threads {threads}, channels_last {args.channels_last}, compile {args.compile}")
+    peak, how = (args.peak_gflops, "given") if args.peak_gflops else cpu_peak_gflops(threads)
+    if device.type == "cpu":
+        print(f"FP32 peak of {threads} thread(s): {peak:.0f} GFLOP/s ({how}); GFLOP/s = bare img/s x FLOPs per "
+              "image of the step (FlopCounterMode: convolutions and matmuls, forward + backward)")
     extra = " bare compile s (2 warm-up steps) |" if args.compile else ""
-    print("| stage | bare img/s | pipeline img/s | bare/pipeline |" + extra)
-    print("|---|---|---|---|" + ("---|" if args.compile else ""))
+    print("| stage | bare img/s | pipeline img/s | bare/pipeline | MFLOP/img | bare GFLOP/s | % of peak |" + extra)
+    print("|---|---|---|---|---|---|---|" + ("---|" if args.compile else ""))
     for name in args.datasets:
         for stage, bare, pipe in DATASETS[name](args, device):
             warm = f" {bare.warm_up_s:.1f} |" if args.compile else ""
-            print(f"| {stage} | {_rate(bare.per_s)} | {_rate(pipe)} | {bare.per_s / pipe:.2f} |" + warm, flush=True)
+            gflops = bare.per_s * bare.flops_per_item / 1e9
+            share = f"{100 * gflops / peak:.0f} %" if device.type == "cpu" and peak == peak else "—"
+            print(f"| {stage} | {_rate(bare.per_s)} | {_rate(pipe)} | {bare.per_s / pipe:.2f} | "
+                  f"{bare.flops_per_item / 1e6:.0f} | {gflops:.1f} | {share} |" + warm, flush=True)
 
 
 def _rate(per_s: float) -> str:
