@@ -314,3 +314,24 @@ def test_sweep_and_report_bad_paths(data, tmp_path, capsys):
     assert "is not a folder" in expect_user_error(report.main, capsys, [str(tmp_path / "nowhere")])
     line = expect_user_error(report.main, capsys, [str(tmp_path / "sw"), "--out", a_file(tmp_path)])
     assert "is a file" in line
+
+
+def test_sigterm_releases_the_run_folders_claim(data, tmp_path):
+    """A scheduler's SIGTERM ends a run like Ctrl-C: the claim goes, so a resubmitted job can --resume."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "main_cifar10.py", "-dp", str(data["cifar"]), "-nc", "1", "-ptr", "-tr", "-tt",
+           "--preset", "cpu", "-ae", "200", "-e", "1", "-bs", "8", "-zl", "16", "--no-progress", "--run-dir", str(run)]
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 60
+    while not (run / results.AE_CHECKPOINT).is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (run / ".claim").is_file()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130 and "--resume" in proc.stderr.read()
+    assert not (run / ".claim").exists() and (run / results.AE_CHECKPOINT).is_file()

@@ -34,6 +34,7 @@ def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
 
     @wraps(main)
     def wrapper(*args, **kwargs):
+        _terminate_as_interrupt()
         try:
             return main(*args, **kwargs)
         except USER_ERRORS as err:
@@ -51,6 +52,20 @@ def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
             sys.exit(130)
 
     return wrapper
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (``kill``, a scheduler's time limit or preemption) ends the run like Ctrl-C: cleanup code
+    runs, so its run folder's claim is released and a resubmitted job can --resume it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def os_error_message(err: OSError) -> str:
