@@ -76,9 +76,12 @@ def run_two_stage(exp: ImageExperiment, method: MethodSettings, pipe: PipelineSe
     runs, k = exp.runs, len(exp.runs)
     if k > 1:
         _check_group(exp, pipe)
-    if not pipe.pretrain and (pipe.train or pipe.test):
-        what = ("-tr without -ptr needs -ck <AE checkpoint (ae.pt of an earlier run)>" if pipe.train else
-                "-tt without -tr needs -ck <trained checkpoint (model.pt of an earlier run)>")
+    what = None  # the one check of -ck, before any folder exists
+    if pipe.train and not pipe.pretrain:
+        what = "-tr without -ptr needs -ck <AE checkpoint (ae.pt of an earlier run)>"
+    elif pipe.test and not pipe.train:
+        what = "-tt without -tr needs -ck <trained checkpoint (model.pt of an earlier run)>"
+    if what is not None:
         if pipe.checkpoint is None:
             raise ValueError(what)
         if not pipe.checkpoint.is_file():
@@ -126,8 +129,6 @@ def _run(exp: ImageExperiment, method: MethodSettings, pipe: PipelineSettings, d
         for run, history in zip(runs, histories):
             results.write_history(run.folder / "pretrain_log.csv", history)
     elif pipe.train:
-        if pipe.checkpoint is None:
-            raise ValueError("-tr without -ptr needs -ck <AE checkpoint (ae.pt of an earlier run)>")
         ae_paths = [pipe.checkpoint]
 
     if pipe.train:
@@ -139,8 +140,6 @@ def _run(exp: ImageExperiment, method: MethodSettings, pipe: PipelineSettings, d
         for run, history in zip(runs, histories):
             results.write_history(run.folder / "train_log.csv", history)
     elif pipe.test:
-        if pipe.checkpoint is None:
-            raise ValueError("-tt without -tr needs -ck <trained checkpoint (model.pt of an earlier run)>")
         path = results.tested_checkpoint(pipe.checkpoint, pipe.test_checkpoint)
         try:
             mocca.load_model(path)

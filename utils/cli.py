@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import yaml
 
 from utils.errors import UserError
+from utils.io import cache_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -294,8 +295,6 @@ def check_values(config: dict[str, Any]) -> None:
     if low_high is not None and (len(low_high) != 2 or float(low_high[0]) > float(low_high[1])):
         raise UserError(f"--rotation-range {low_high}: give LOW HIGH with LOW <= HIGH")
     check_writable(config.get("output_path"), "--output_path")
-    from utils.io import cache_dir
-
     check_writable(cache_dir(), "the cache folder (MOCCA_CACHE)")
 
 
